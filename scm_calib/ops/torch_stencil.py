@@ -1,0 +1,165 @@
+"""SCM's diffusion operator in pure PyTorch, on 5-point stencil planes instead of dense N x N matrices.
+
+Block ``l`` of SCM (Bai et al., ECCV 2022) builds ``M = L * (lambda * Sim - 1)`` from the grid Laplacian
+``L`` and the cosine similarity ``Sim`` of the patches' class-score vectors, runs ``K`` Newton-Schulz
+iterations ``P_{k+1} = P_k (2I - M P_k)`` from ``P_0 = alpha * M^T`` (detached) and returns ``u = P_K^T a``.
+``M`` has the sparsity of the grid, so it is stored as three planes: the centre coefficients ``M_ii``, the
+east coefficients ``M_{i, i+1}`` and the south coefficients ``M_{i, i+w}`` (``M`` is symmetric).
+
+Two exact evaluations of the same function and of the same (detached ``P_0``) gradient:
+
+* small ``K`` (``2^K <= CHAIN_MAX_TERMS``): ``P_K = p_K(M)`` with ``p_K(M) = alpha M sum_{j<2^K} R^j``,
+  ``R = I - alpha M^2``. A chain of stencil mat-vecs, with a hand-derived backward (see
+  ``docs/operator.md``); cost O(2^K * N) per image.
+* large ``K``: dense ``P`` (stored transposed, ``T = P^T``), but ``T M`` is a stencil on the rows of ``T``;
+  one dense matmul per iteration, autograd for the gradient; cost O(K * N^3) per image.
+"""
+
+import torch
+import torch.nn.functional as F
+from einops import rearrange
+
+from scm_calib.ops.grid import grid_degree
+
+#: Largest number of polynomial terms ``2^K`` evaluated by the mat-vec chain (``K <= 6``).
+CHAIN_MAX_TERMS = 64
+
+Planes = tuple[torch.Tensor, torch.Tensor, torch.Tensor]
+
+
+def stencil_coefficients(maps: torch.Tensor, lam: torch.Tensor | float, eps: float) -> Planes:
+    """The non-zero entries of ``M = L * (lambda * Sim - 1)`` as three planes, in O(N * C) per image.
+
+    Args:
+        maps: Class-score maps, shape (B, C, h, w).
+        lam: The block's ``lambda`` (a scalar tensor or a float).
+        eps: Lower bound of the norm in the cosine similarity (``F.normalize``'s ``eps``).
+
+    Returns:
+        ``(centre, east, south)``: ``M_ii`` of shape (B, h, w), ``M_{i, i+1}`` of shape (B, h, w-1) and
+        ``M_{i, i+w}`` of shape (B, h-1, w), all in the dtype of ``maps``.
+    """
+    _, _, h, w = maps.shape
+    unit = F.normalize(maps, dim=1, eps=eps)
+    degree = grid_degree(h, w, maps.device, maps.dtype)
+    centre = degree * (lam * (unit * unit).sum(dim=1) - 1.0)
+    east = 1.0 - lam * (unit[..., :, :-1] * unit[..., :, 1:]).sum(dim=1)
+    south = 1.0 - lam * (unit[..., :-1, :] * unit[..., 1:, :]).sum(dim=1)
+    return centre, east, south
+
+
+def stencil_matvec(v: torch.Tensor, centre: torch.Tensor, east: torch.Tensor, south: torch.Tensor) -> torch.Tensor:
+    """``M v`` for every grid-shaped slice of ``v``, with ``M`` given by its stencil planes.
+
+    Args:
+        v: Grid vectors, shape (..., h, w).
+        centre: ``M_ii``, shape broadcastable to (..., h, w).
+        east: ``M_{i, i+1}``, shape broadcastable to (..., h, w-1).
+        south: ``M_{i, i+w}``, shape broadcastable to (..., h-1, w).
+
+    Returns:
+        ``M v``, shape (..., h, w).
+    """
+    out = centre * v
+    out = out + F.pad(east * v[..., :, 1:], (0, 1)) + F.pad(east * v[..., :, :-1], (1, 0))
+    return out + F.pad(south * v[..., 1:, :], (0, 0, 0, 1)) + F.pad(south * v[..., :-1, :], (0, 0, 1, 0))
+
+
+def _matvec_inplace(v: torch.Tensor, centre: torch.Tensor, east: torch.Tensor, south: torch.Tensor) -> torch.Tensor:
+    """``stencil_matvec`` without autograd support, written with in-place slice updates (fewer buffers)."""
+    out = centre * v
+    out[..., :, :-1].addcmul_(east, v[..., :, 1:])
+    out[..., :, 1:].addcmul_(east, v[..., :, :-1])
+    out[..., :-1, :].addcmul_(south, v[..., 1:, :])
+    out[..., 1:, :].addcmul_(south, v[..., :-1, :])
+    return out
+
+
+def _powers(v: torch.Tensor, planes: Planes, num_terms: int, alpha: float) -> torch.Tensor:
+    """``R^m v`` for ``m < num_terms`` with ``R = I - alpha M^2``, stacked: shape (num_terms, *v.shape)."""
+    out = v.new_empty((num_terms, *v.shape))
+    out[0] = v
+    for m in range(1, num_terms):
+        out[m] = out[m - 1] - alpha * _matvec_inplace(_matvec_inplace(out[m - 1], *planes), *planes)
+    return out
+
+
+class _ChainDiffusion(torch.autograd.Function):
+    """``u = p_K(M) a`` by stencil mat-vecs, with the gradient of Newton-Schulz from a detached ``P_0``.
+
+    With ``R = I - alpha M^2``, ``n = 2^K``, ``A_m = M R^m a``, ``G_l = M R^l g`` (``g`` the gradient of
+    ``u``) and ``H_k = sum_{l<=k} G_l``: ``grad a = alpha H_{n-1}`` and the gradient of the loss with
+    respect to the entry ``M_ij`` is ``-alpha^2 sum_{m=0}^{n-2} A_m[i] H_{n-2-m}[j]``; a symmetric
+    coefficient (east, south) collects ``(i, j)`` and ``(j, i)``.
+    """
+
+    @staticmethod
+    def forward(
+        ctx: torch.autograd.function.FunctionCtx,
+        attn: torch.Tensor,
+        centre: torch.Tensor,
+        east: torch.Tensor,
+        south: torch.Tensor,
+        num_iters: int,
+        alpha: float,
+    ) -> torch.Tensor:
+        planes = (centre, east, south)
+        powers = _powers(attn, planes, 2**num_iters, alpha)
+        ctx.save_for_backward(centre, east, south, powers)
+        ctx.alpha = alpha
+        return alpha * _matvec_inplace(powers.sum(dim=0), *planes)
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx: torch.autograd.function.FunctionCtx, grad_u: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
+        centre, east, south, powers = ctx.saved_tensors
+        planes = (centre, east, south)
+        alpha = ctx.alpha
+        num_terms = powers.shape[0]
+        cumulative = _matvec_inplace(_powers(grad_u.contiguous(), planes, num_terms, alpha), *planes).cumsum(0)
+        grad_attn = alpha * cumulative[-1]
+        if not any(ctx.needs_input_grad[1:4]):
+            return grad_attn, None, None, None, None, None
+        left = _matvec_inplace(powers[:-1], *planes)
+        right = cumulative[:-1].flip(0)
+        scale = -(alpha**2)
+        grad_centre = scale * (left * right).sum(dim=0)
+        grad_east = scale * (left[..., :, :-1] * right[..., :, 1:] + left[..., :, 1:] * right[..., :, :-1]).sum(0)
+        grad_south = scale * (left[..., :-1, :] * right[..., 1:, :] + left[..., 1:, :] * right[..., :-1, :]).sum(0)
+        return grad_attn, grad_centre, grad_east, grad_south, None, None
+
+
+def _dense_diffusion(attn: torch.Tensor, planes: Planes, num_iters: int, alpha: float) -> torch.Tensor:
+    """Newton-Schulz on dense ``T = P^T`` with ``T M`` as a stencil on the rows of ``T``; autograd gradient."""
+    batch, h, w = attn.shape
+    n = h * w
+    row_planes = tuple(plane.unsqueeze(1) for plane in planes)
+    identity = torch.eye(n, dtype=attn.dtype, device=attn.device).expand(batch, n, n)
+    with torch.no_grad():
+        transposed = alpha * _matvec_inplace(identity.reshape(batch, n, h, w), *row_planes).reshape(batch, n, n)
+    for _ in range(num_iters):
+        times_m = stencil_matvec(transposed.view(batch, n, h, w), *row_planes).reshape(batch, n, n)
+        transposed = torch.baddbmm(transposed, times_m, transposed, beta=2.0, alpha=-1.0)
+    return rearrange(transposed @ rearrange(attn, "b h w -> b (h w) 1"), "b (h w) 1 -> b h w", h=h)
+
+
+def diffuse_torch(
+    maps: torch.Tensor, attn: torch.Tensor, lam: torch.Tensor | float, num_iters: int, alpha: float, eps: float
+) -> torch.Tensor:
+    """SCM's diffusion ``u = P_K^T a`` on the structured pure-PyTorch path (any device).
+
+    Args:
+        maps: Class-score maps, shape (B, C, h, w).
+        attn: Attention, shape (B, h, w).
+        lam: The block's ``lambda``.
+        num_iters: Newton-Schulz iterations ``K``.
+        alpha: Newton-Schulz step ``alpha`` (``P_0 = alpha * M^T``).
+        eps: Lower bound of the norm in the cosine similarity.
+
+    Returns:
+        ``u``, shape (B, h, w).
+    """
+    planes = stencil_coefficients(maps, lam, eps)
+    if 2**num_iters <= CHAIN_MAX_TERMS:
+        return _ChainDiffusion.apply(attn, *planes, num_iters, alpha)
+    return _dense_diffusion(attn, planes, num_iters, alpha)
