@@ -1,0 +1,219 @@
+"""SCMAdapter: SCM (Bai et al., ECCV 2022) around any timm Vision Transformer with a class token.
+
+One line wraps a model::
+
+    adapter = SCMAdapter(timm.create_model("deit_small_patch16_224", num_classes=200))
+
+In training mode the logits are the global average of the SCM-calibrated semantic maps (the input of
+the cross-entropy loss); in eval mode they are the average of the raw semantic maps and ``maps`` holds
+the localization maps ``A * S``. :meth:`SCMAdapter.strip` returns the bare encoder for inference, with
+no SCM parameter, no hook and fused attention back.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from .calibration import SCM
+from .capture import (
+    AttentionCapture,
+    check_supported,
+    class_attention,
+    grid_size,
+    normalize_attention,
+    patch_tokens,
+)
+from .heads import ConvHead, LinearHead
+
+__all__ = ["SCMAdapter", "SCMOutput", "StrippedViT"]
+
+_DEFAULT = "default"
+
+
+@dataclass
+class SCMOutput:
+    """What one forward pass of :class:`SCMAdapter` returns.
+
+    Attributes:
+        logits: (B, C) class logits; from the calibrated maps in training with SCM, else from ``semantic``.
+        maps: (B, C, h, w) localization maps ``attention * semantic`` for every class.
+        attention: (B, h, w) class-token attention summed over the captured blocks, min-max normalised.
+        semantic: (B, C, h, w) raw semantic maps S from the head.
+        calibrated: (B, C, h, w) SCM-calibrated maps (training with SCM only, else None).
+        calibrated_attention: (B, h, w) attention after SCM (training with SCM only, else None).
+    """
+
+    logits: torch.Tensor
+    maps: torch.Tensor
+    attention: torch.Tensor
+    semantic: torch.Tensor
+    calibrated: torch.Tensor | None = None
+    calibrated_attention: torch.Tensor | None = None
+
+
+class StrippedViT(nn.Module):
+    """Inference model left by :meth:`SCMAdapter.strip` with the conv head: a timm encoder and a 3x3 conv.
+
+    ``forward`` gives logits (the average of the semantic maps); nothing of SCM is left.
+
+    Args:
+        encoder: the timm ViT, its classifier reset (``num_classes == 0``).
+        head: the semantic head.
+    """
+
+    def __init__(self, encoder: nn.Module, head: nn.Module):
+        super().__init__()
+        self.encoder = encoder
+        self.head = head
+        self.num_classes = head.conv.out_channels
+
+    def forward_maps(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, 3, H, W) images -> (B, C, h, w) semantic maps."""
+        grid = grid_size(self.encoder, (x.shape[-2], x.shape[-1]))
+        return self.head(patch_tokens(self.encoder, self.encoder.forward_features(x), grid))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, 3, H, W) images -> (B, C) logits."""
+        return self.forward_maps(x).mean(dim=(2, 3))
+
+
+class SCMAdapter(nn.Module):
+    """Wraps a timm ViT for weakly supervised localization with SCM.
+
+    Args:
+        model: a timm ViT with a global class token (vit_*, deit_* incl. distilled, deit3_*, dinov2 with
+            registers, eva02_*, beit_*), created with ``num_classes`` set to the number of classes.
+        head: ``"conv"`` (the paper's 3x3 conv; the model's classifier is dropped) or ``"linear"`` (the model's
+            own classifier applied per token; :meth:`strip` then returns a plain timm model that is pooled with
+            ``global_pool="avg"``).
+        scm: the calibration module; ``"default"`` builds :class:`~scm_calib.calibration.SCM` with the paper's
+            constants, ``None`` trains without calibration (the TS-CAM baseline).
+        blocks: indices of the blocks whose class attention is summed; None (default) uses all, as the paper.
+        capture: ``"auto"``, ``"rows"`` or ``"probs"`` (see :mod:`scm_calib.capture`).
+        eps: the epsilon of the attention min-max normalisation.
+
+    Raises:
+        UnsupportedModelError: the model has no class token, windowed or channel attention, or is no ViT.
+        ValueError: a bad argument (the message says which and what to pass).
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        head: str = "conv",
+        scm: nn.Module | str | None = _DEFAULT,
+        blocks: list[int] | None = None,
+        capture: str = "auto",
+        eps: float = 1e-8,
+    ):
+        super().__init__()
+        attentions = check_supported(model)
+        num_classes = getattr(model, "num_classes", 0)
+        if not num_classes:
+            raise ValueError(
+                f"{type(model).__name__} has num_classes={num_classes}; SCM needs a class-score map per class. "
+                "Create the model with num_classes=<your number of classes>."
+            )
+        if head == "conv":
+            model.reset_classifier(0)
+            self.head: nn.Module = ConvHead(model.embed_dim, num_classes)
+        elif head == "linear":
+            _check_linear_head(model)
+            self.head = LinearHead(model.head)
+        else:
+            raise ValueError(f"head must be 'conv' or 'linear', got {head!r}.")
+        if isinstance(scm, str):
+            if scm != _DEFAULT:
+                raise ValueError(f"scm must be an nn.Module, None or 'default', got {scm!r}.")
+            scm = SCM()
+        self.encoder = model
+        self.scm = scm
+        self.head_type = head
+        self.num_classes = num_classes
+        self.embed_dim = model.embed_dim
+        self.num_prefix_tokens = model.num_prefix_tokens
+        self.eps = eps
+        self.capture = AttentionCapture(attentions, blocks, capture)
+
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        """Gradient checkpointing of the encoder blocks (timm's non-reentrant checkpoint keeps attention grads)."""
+        self.encoder.set_grad_checkpointing(enable)
+
+    def no_weight_decay(self) -> set[str]:
+        """Parameter names to exclude from weight decay: the encoder's (timm) and SCM's scalars."""
+        names = {f"encoder.{n}" for n in getattr(self.encoder, "no_weight_decay", set)()}
+        if self.scm is not None:
+            names |= {f"scm.{n}" for n, _ in self.scm.named_parameters()}
+        return names
+
+    def forward(self, x: torch.Tensor) -> SCMOutput:
+        """Runs the encoder, the semantic head, the attention capture and (training) SCM.
+
+        Args:
+            x: (B, 3, H, W) images of a size the encoder accepts.
+
+        Returns:
+            An :class:`SCMOutput`; shapes use the patch grid (h, w) of this input.
+        """
+        if x.ndim != 4:
+            raise ValueError(f"SCMAdapter expects images of shape (B, 3, H, W), got {tuple(x.shape)}.")
+        grid = grid_size(self.encoder, (x.shape[-2], x.shape[-1]))
+        with self.capture.recording() as rows:
+            tokens = self.encoder.forward_features(x)
+        self._check_rows(rows)
+        semantic = self.head(patch_tokens(self.encoder, tokens, grid))
+        attention = normalize_attention(class_attention(rows, self.num_prefix_tokens, grid), self.eps)
+        maps = attention[:, None] * semantic.float()
+        if self.training and self.scm is not None:
+            calibrated, calibrated_attention = self.scm(semantic, attention)
+            return SCMOutput(calibrated.mean(dim=(2, 3)), maps, attention, semantic, calibrated, calibrated_attention)
+        return SCMOutput(semantic.float().mean(dim=(2, 3)), maps, attention, semantic)
+
+    def _check_rows(self, rows: list[torch.Tensor]) -> None:
+        expected = len(self.capture.block_indices)
+        if len(rows) != expected:
+            raise RuntimeError(
+                f"captured class attention of {len(rows)} blocks, expected {expected}. The encoder's attention "
+                "modules did not run their hooked submodules; was the encoder's forward replaced after wrapping?"
+            )
+        needs_grad = self.training and torch.is_grad_enabled() and self.scm is not None
+        if needs_grad and any(p.requires_grad for p in self.encoder.parameters()) and not rows[0].requires_grad:
+            raise RuntimeError(
+                "the captured attention carries no gradient, so SCM's loss cannot reach the encoder's attention. "
+                "This happens with re-entrant gradient checkpointing: use timm's default non-reentrant "
+                "checkpointing (unset TIMM_REENTRANT_CKPT or call timm.layers.set_reentrant_ckpt(False))."
+            )
+
+    def strip(self) -> nn.Module:
+        """Returns a copy of the bare encoder for inference: no SCM parameter, no hook, fused attention back.
+
+        Returns:
+            With ``head="linear"``: the timm model itself, pooled with ``global_pool="avg"``; its state_dict loads
+            strictly into ``timm.create_model(name, num_classes=C, global_pool="avg", fc_norm=False)`` and gives
+            the same logits. With ``head="conv"``: a :class:`StrippedViT` (timm encoder + 3x3 conv head).
+        """
+        encoder, head, capture = copy.deepcopy((self.encoder, self.head, self.capture))
+        capture.remove()
+        if self.head_type == "linear":
+            encoder.global_pool = "avg"
+            return encoder
+        return StrippedViT(encoder, head)
+
+
+def _check_linear_head(model: nn.Module) -> None:
+    name = type(model).__name__
+    if getattr(model, "head_dist", None) is not None:
+        raise ValueError(f"{name} is distilled (two classifiers, no average pooling); use head='conv'.")
+    if not isinstance(getattr(model, "head", None), nn.Linear) or not hasattr(model, "global_pool"):
+        raise ValueError(f"{name} has no linear classifier with a `global_pool` setting; use head='conv'.")
+    fc_norm = getattr(model, "fc_norm", None)
+    if fc_norm is not None and not isinstance(fc_norm, nn.Identity):
+        raise ValueError(
+            f"{name} normalises after pooling (fc_norm), so per-token scores do not average to its logits. Create it "
+            "with fc_norm=False (timm vit_*: global_pool='avg', fc_norm=False), or use head='conv'."
+        )
+

@@ -1,0 +1,246 @@
+"""SCMAdapter: wrapping every supported family, training, strip(), and the ways users move models around."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import timm
+import torch
+import torch.nn.functional as F
+from conftest import FAMILIES, tiny_input, tiny_model
+from timm.layers import set_reentrant_ckpt
+
+from scm_calib.adapter import SCMAdapter, StrippedViT
+from scm_calib.capture import UnsupportedModelError
+
+
+def _hooks_left(module: torch.nn.Module) -> int:
+    return sum(len(m._forward_hooks) + len(m._forward_pre_hooks) for m in module.modules())
+
+
+@pytest.mark.parametrize("family", list(FAMILIES))
+def test_every_family_wraps_trains_and_strips(family):
+    adapter = SCMAdapter(tiny_model(family))
+    x = tiny_input(family)
+    out = adapter(x)
+    h, w = adapter.encoder.patch_embed.dynamic_feat_size(tuple(x.shape[-2:]))
+    assert out.logits.shape == (2, 5)
+    assert out.semantic.shape == out.maps.shape == out.calibrated.shape == (2, 5, h, w)
+    assert out.attention.shape == (2, h, w)
+    assert torch.allclose(out.logits, out.calibrated.mean(dim=(2, 3)))
+    assert out.attention.min() >= 0 and out.attention.max() <= 1
+
+    loss = F.cross_entropy(out.logits, torch.tensor([0, 1]))
+    opt = torch.optim.AdamW(adapter.parameters(), lr=1e-3)
+    loss.backward()
+    assert all(p.grad is not None for p in adapter.scm.parameters())
+    assert torch.autograd.grad(F.cross_entropy(adapter(x).logits, torch.tensor([0, 1])), adapter.scm.parameters())
+    opt.step()
+
+    adapter.eval()
+    with torch.no_grad():
+        reference = adapter(x)
+        stripped = adapter.strip()
+        stripped.eval()
+        logits = stripped(x)
+    assert reference.calibrated is None
+    assert torch.allclose(reference.logits, reference.semantic.mean(dim=(2, 3)))
+    assert torch.allclose(logits, reference.logits, atol=1e-5)
+    assert not any("scm" in name or "lambda" in name or "beta" in name for name, _ in stripped.named_parameters())
+    assert _hooks_left(stripped) == 0
+    assert _hooks_left(adapter) > 0, "strip() must leave the adapter itself usable"
+
+
+@pytest.mark.parametrize("family", list(FAMILIES))
+def test_attention_gradient_reaches_every_captured_block(family):
+    adapter = SCMAdapter(tiny_model(family))
+    out = adapter(tiny_input(family))
+    weights = [block.attn.qkv.weight for block in adapter.encoder.blocks]
+    grads = torch.autograd.grad((out.attention * torch.rand_like(out.attention)).sum(), weights)
+    assert all(g.abs().sum() > 0 for g in grads)
+    loss = F.cross_entropy(out.logits, torch.tensor([0, 1]))
+    (grad_attention,) = torch.autograd.grad(loss, out.attention, retain_graph=True)
+    assert grad_attention.abs().sum() > 0, "the SCM loss must reach the class-token attention"
+
+
+def test_rows_capture_equals_attention_probabilities():
+    model = tiny_model("vit")
+    twin = copy.deepcopy(model)
+    rows, probs = SCMAdapter(model, capture="rows"), SCMAdapter(twin, capture="probs")
+    probs.load_state_dict(rows.state_dict())
+    assert rows.capture.modes == ["rows", "rows"] and probs.capture.modes == ["probs", "probs"]
+    assert rows.encoder.blocks[0].attn.fused_attn == timm.layers.use_fused_attn()
+    assert probs.encoder.blocks[0].attn.fused_attn is False
+    x = tiny_input("vit")
+    a, b = rows(x), probs(x)
+    assert torch.allclose(a.attention, b.attention, atol=1e-5)
+    grads = [
+        torch.autograd.grad(o.attention.square().sum(), m.encoder.blocks[0].attn.qkv.weight)[0]
+        for o, m in ((a, rows), (b, probs))
+    ]
+    assert torch.allclose(*grads, rtol=1e-4, atol=1e-5 * grads[0].abs().max().item())
+
+
+def test_linear_head_strip_loads_into_plain_timm_model():
+    model = timm.create_model(
+        "vit_tiny_patch16_224", num_classes=7, img_size=64, **{"depth": 2, "embed_dim": 32, "num_heads": 2}
+    )
+    adapter = SCMAdapter(model, head="linear")
+    x = torch.randn(3, 3, 64, 64)
+    F.cross_entropy(adapter(x).logits, torch.tensor([0, 1, 2])).backward()
+    adapter.eval()
+    stripped = adapter.strip()
+    plain = timm.create_model(
+        "vit_tiny_patch16_224",
+        num_classes=7,
+        img_size=64,
+        depth=2,
+        embed_dim=32,
+        num_heads=2,
+        global_pool="avg",
+        fc_norm=False,
+    ).eval()
+    plain.load_state_dict(stripped.state_dict(), strict=True)
+    with torch.no_grad():
+        assert torch.allclose(plain(x), adapter(x).logits, atol=1e-5)
+        assert torch.allclose(stripped(x), plain(x), atol=1e-6)
+    assert type(stripped) is type(plain)
+
+
+def test_linear_head_rejects_models_that_pool_differently():
+    with pytest.raises(ValueError, match="distilled"):
+        SCMAdapter(tiny_model("deit_distilled"), head="linear")
+    with pytest.raises(ValueError, match="fc_norm"):
+        SCMAdapter(tiny_model("vit", global_pool="avg"), head="linear")
+    with pytest.raises(ValueError, match="'conv' or 'linear'"):
+        SCMAdapter(tiny_model("vit"), head="mlp")
+
+
+def test_non_square_and_non_224_inputs_use_the_models_grid():
+    model = tiny_model("vit", dynamic_img_size=True)
+    adapter = SCMAdapter(model)
+    for size, grid in (((48, 80), (3, 5)), ((96, 64), (6, 4))):
+        out = adapter(torch.randn(2, 3, *size))
+        assert out.maps.shape == (2, 5, *grid) and out.attention.shape == (2, *grid)
+    eva = SCMAdapter(tiny_model("eva02", img_size=(42, 70)))
+    assert eva(torch.randn(1, 3, 42, 70)).attention.shape == (1, 3, 5)
+
+
+def test_wrong_input_size_is_a_clear_error():
+    adapter = SCMAdapter(tiny_model("vit"))
+    with pytest.raises((ValueError, AssertionError), match=r"(?i)size|match"):
+        adapter(torch.randn(1, 3, 96, 96))
+    with pytest.raises(ValueError, match=r"\(B, 3, H, W\)"):
+        adapter(torch.randn(3, 64, 64))
+
+
+@pytest.mark.parametrize(
+    "make, reason",
+    [
+        (lambda: timm.create_model("test_vit2", num_classes=3), "no class token"),
+        (
+            lambda: timm.create_model(
+                "swin_tiny_patch4_window7_224",
+                num_classes=3,
+                depths=(1, 1),
+                embed_dim=24,
+                num_heads=(1, 2),
+                img_size=56,
+                window_size=7,
+            ),
+            "windowed",
+        ),
+        (lambda: timm.create_model("xcit_nano_12_p16_224", num_classes=3, depth=1, img_size=64), "channel"),
+        (lambda: timm.create_model("test_resnet", num_classes=3), "not a plain Vision Transformer"),
+    ],
+)
+def test_unsupported_models_say_why_at_wrap_time(make, reason):
+    with pytest.raises(UnsupportedModelError, match=reason):
+        SCMAdapter(make())
+
+
+def test_model_without_classes_is_rejected():
+    with pytest.raises(ValueError, match="num_classes"):
+        SCMAdapter(tiny_model("vit", num_classes=0))
+
+
+def test_deepcopy_records_into_the_copy():
+    adapter = SCMAdapter(tiny_model("vit")).eval()
+    twin = copy.deepcopy(adapter)
+    x = tiny_input("vit")
+    with torch.no_grad():
+        assert torch.allclose(twin(x).maps, adapter(x).maps)
+    with adapter.capture.recording() as original_rows:
+        twin(x)
+    assert original_rows == []
+
+
+def test_state_dict_round_trip():
+    adapter = SCMAdapter(tiny_model("deit3"))
+    with torch.no_grad():
+        adapter.scm.blocks[0].lambda_.fill_(1.3)
+    fresh = SCMAdapter(tiny_model("deit3"))
+    fresh.load_state_dict(adapter.state_dict())
+    x = tiny_input("deit3")
+    assert torch.allclose(fresh(x).logits, adapter(x).logits)
+
+
+def test_gradient_checkpointing_keeps_attention_gradients():
+    adapter = SCMAdapter(tiny_model("vit"))
+    x = tiny_input("vit")
+    plain = adapter(x)
+    grads = torch.autograd.grad(plain.logits.sum(), adapter.encoder.blocks[0].attn.qkv.weight)
+    adapter.set_grad_checkpointing(True)
+    checkpointed = adapter(x)
+    again = torch.autograd.grad(checkpointed.logits.sum(), adapter.encoder.blocks[0].attn.qkv.weight)
+    assert torch.allclose(grads[0], again[0], atol=1e-5)
+
+
+def test_reentrant_checkpointing_is_a_clear_error():
+    adapter = SCMAdapter(tiny_model("vit"))
+    adapter.set_grad_checkpointing(True)
+    set_reentrant_ckpt(True)
+    try:
+        with pytest.raises(RuntimeError, match="re-entrant"):
+            adapter(tiny_input("vit"))
+    finally:
+        set_reentrant_ckpt(False)
+
+
+def test_bf16_autocast_gives_finite_float_outputs():
+    adapter = SCMAdapter(tiny_model("vit"))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = adapter(tiny_input("vit"))
+    assert out.logits.dtype == torch.float32 and torch.isfinite(out.logits).all()
+    F.cross_entropy(out.logits, torch.tensor([0, 1])).backward()
+
+
+def test_torch_compile_traces_the_hooks():
+    adapter = SCMAdapter(tiny_model("vit"))
+    x = tiny_input("vit")
+    eager = adapter(x)
+    compiled = torch.compile(adapter, backend="aot_eager")
+    out = compiled(x)
+    assert torch.allclose(out.logits, eager.logits, atol=1e-5)
+    assert torch.allclose(out.attention, eager.attention, atol=1e-5)
+    out.logits.sum().backward()
+    assert adapter.scm.blocks[0].lambda_.grad is not None
+
+
+def test_baseline_without_scm_and_block_selection():
+    adapter = SCMAdapter(tiny_model("vit", depth=3), scm=None, blocks=[-1])
+    out = adapter(tiny_input("vit"))
+    assert out.calibrated is None and torch.allclose(out.logits, out.semantic.mean(dim=(2, 3)))
+    assert adapter.capture.block_indices == [2]
+    with pytest.raises(ValueError, match="blocks"):
+        SCMAdapter(tiny_model("vit"), blocks=[5])
+
+
+def test_stripped_conv_model_is_plain():
+    adapter = SCMAdapter(tiny_model("beit"))
+    stripped = adapter.strip()
+    assert isinstance(stripped, StrippedViT)
+    assert all(block.attn.fused_attn == timm.layers.use_fused_attn() for block in stripped.encoder.blocks)
+    assert all(block.attn.fused_attn is False for block in adapter.encoder.blocks)
+    assert adapter.no_weight_decay() >= {"scm.blocks.0.lambda_", "scm.blocks.0.beta"}
