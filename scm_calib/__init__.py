@@ -1,3 +1,25 @@
-"""scm_calib: SCM (Spatial Calibration Module, Bai et al., ECCV 2022) for any timm Vision Transformer."""
+"""scm_calib: SCM (Spatial Calibration Module; Bai et al., "Weakly Supervised Object Localization via
+Transformer with Implicit Spatial Calibration", ECCV 2022) for any timm Vision Transformer."""
+
+from .adapter import SCMAdapter, SCMOutput, StrippedViT
+from .calibration import SCM, SCMBlock
+from .capture import UnsupportedModelError
+from .checkpoint import CheckpointError, load_weights, save_weights
+from .localize import localization_maps, resize_maps, semantic_and_attention
 
 __version__ = "0.1.0"
+
+__all__ = [
+    "SCM",
+    "CheckpointError",
+    "SCMAdapter",
+    "SCMBlock",
+    "SCMOutput",
+    "StrippedViT",
+    "UnsupportedModelError",
+    "load_weights",
+    "localization_maps",
+    "resize_maps",
+    "save_weights",
+    "semantic_and_attention",
+]

@@ -1,0 +1,82 @@
+"""localization_maps: from the adapter and from both kinds of stripped model, every class selection."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from conftest import tiny_input, tiny_model
+
+import scm_calib
+from scm_calib import SCMAdapter, localization_maps
+
+
+@pytest.fixture
+def trained_pair():
+    adapter = SCMAdapter(tiny_model("vit", num_classes=6)).eval()
+    return adapter, adapter.strip().eval(), tiny_input("vit", batch=3)
+
+
+def test_maps_are_attention_times_semantic(trained_pair):
+    adapter, stripped, x = trained_pair
+    with torch.no_grad():
+        out = adapter(x)
+    top1 = out.logits.argmax(1)
+    expected = out.attention * out.semantic[torch.arange(3), top1]
+    assert torch.allclose(localization_maps(adapter, x), expected, atol=1e-6)
+    assert torch.allclose(localization_maps(stripped, x), expected, atol=1e-5)
+    assert torch.allclose(localization_maps(stripped, x, classes="all"), out.maps, atol=1e-5)
+
+
+def test_class_selection_shapes_and_order(trained_pair):
+    adapter, stripped, x = trained_pair
+    all_maps = localization_maps(stripped, x, classes="all")
+    top3 = localization_maps(stripped, x, classes=3)
+    logits = stripped(x)
+    order = logits.topk(3, dim=1).indices
+    assert top3.shape == (3, 3, 4, 4)
+    assert torch.allclose(top3, torch.stack([all_maps[b, order[b]] for b in range(3)]))
+    given = torch.tensor([5, 0, 2])
+    assert torch.allclose(localization_maps(stripped, x, classes=given), all_maps[torch.arange(3), given])
+
+
+def test_resizing_to_the_input(trained_pair):
+    _, stripped, x = trained_pair
+    maps = localization_maps(stripped, x, size="input", interpolation="bicubic")
+    assert maps.shape == (3, 64, 64)
+    assert localization_maps(stripped, x, size=(20, 30)).shape == (3, 20, 30)
+
+
+def test_linear_stripped_model_and_no_hooks_left():
+    adapter = SCMAdapter(tiny_model("vit", num_classes=4), head="linear").eval()
+    stripped = adapter.strip().eval()
+    x = tiny_input("vit")
+    with torch.no_grad():
+        out = adapter(x)
+    assert torch.allclose(localization_maps(stripped, x, classes="all"), out.maps, atol=1e-5)
+    assert all(not m._forward_hooks and not m._forward_pre_hooks for m in stripped.modules())
+
+
+def test_bad_class_arguments(trained_pair):
+    _, stripped, x = trained_pair
+    with pytest.raises(ValueError, match="one class index"):
+        localization_maps(stripped, x, classes=torch.tensor([0, 9, 1]))
+    with pytest.raises(ValueError, match="top-7"):
+        localization_maps(stripped, x, classes=7)
+    with pytest.raises(ValueError, match="'top1'"):
+        localization_maps(stripped, x, classes="best")
+    with pytest.raises(TypeError, match="localization needs"):
+        localization_maps(torch.nn.Conv2d(3, 3, 1), x)
+
+
+def test_constant_image_gives_finite_maps(trained_pair):
+    adapter, stripped, _ = trained_pair
+    x = torch.zeros(2, 3, 64, 64)
+    assert torch.isfinite(localization_maps(stripped, x, classes="all")).all()
+    adapter.train()
+    out = adapter(x)
+    assert torch.isfinite(out.logits).all() and torch.isfinite(out.calibrated).all()
+
+
+def test_public_names():
+    for name in ("SCMAdapter", "SCM", "localization_maps", "save_weights", "load_weights"):
+        assert hasattr(scm_calib, name)
