@@ -11,13 +11,13 @@ Two exact evaluations of the same function and of the same (detached ``P_0``) gr
 * small ``K`` (``2^K <= CHAIN_MAX_TERMS``): ``P_K = p_K(M)`` with ``p_K(M) = alpha M sum_{j<2^K} R^j``,
   ``R = I - alpha M^2``. A chain of stencil mat-vecs, with a hand-derived backward (see
   ``docs/operator.md``); cost O(2^K * N) per image.
-* large ``K``: dense ``P`` (stored transposed, ``T = P^T``), but ``T M`` is a stencil on the rows of ``T``;
-  one dense matmul per iteration, autograd for the gradient; cost O(K * N^3) per image.
+* large ``K``: Newton-Schulz on dense ``P`` (stored transposed, ``T = P^T``), where ``T M`` is a stencil on
+  the rows of ``T``: one dense matmul per iteration. The backward uses the residuals ``R^(2^k) = I - M P_k``
+  of the forward in a doubling recursion: one dense matmul per iteration. Cost O(K * N^3) per image.
 """
 
 import torch
 import torch.nn.functional as F
-from einops import rearrange
 
 from scm_calib.ops.grid import grid_degree
 
@@ -129,18 +129,99 @@ class _ChainDiffusion(torch.autograd.Function):
         return grad_attn, grad_centre, grad_east, grad_south, None, None
 
 
-def _dense_diffusion(attn: torch.Tensor, planes: Planes, num_iters: int, alpha: float) -> torch.Tensor:
-    """Newton-Schulz on dense ``T = P^T`` with ``T M`` as a stencil on the rows of ``T``; autograd gradient."""
-    batch, h, w = attn.shape
-    n = h * w
-    row_planes = tuple(plane.unsqueeze(1) for plane in planes)
-    identity = torch.eye(n, dtype=attn.dtype, device=attn.device).expand(batch, n, n)
-    with torch.no_grad():
-        transposed = alpha * _matvec_inplace(identity.reshape(batch, n, h, w), *row_planes).reshape(batch, n, n)
-    for _ in range(num_iters):
-        times_m = stencil_matvec(transposed.view(batch, n, h, w), *row_planes).reshape(batch, n, n)
-        transposed = torch.baddbmm(transposed, times_m, transposed, beta=2.0, alpha=-1.0)
-    return rearrange(transposed @ rearrange(attn, "b h w -> b (h w) 1"), "b (h w) 1 -> b h w", h=h)
+def _dense_operator(planes: Planes, num_nodes: int) -> torch.Tensor:
+    """``M`` as a dense matrix, shape (B, N, N), from its stencil planes (B, h, w), (B, h, w-1), (B, h-1, w)."""
+    centre = planes[0]
+    batch, h, w = centre.shape
+    identity = torch.eye(num_nodes, dtype=centre.dtype, device=centre.device).expand(batch, num_nodes, num_nodes)
+    rows = _matvec_inplace(identity.reshape(batch, num_nodes, h, w), *(plane.unsqueeze(1) for plane in planes))
+    return rows.reshape(batch, num_nodes, num_nodes)
+
+
+def _times_operator(matrix: torch.Tensor, planes: Planes) -> torch.Tensor:
+    """``X M`` for a batch of dense matrices ``X`` (B, N, N), as a stencil on the rows of ``X``."""
+    batch, h, w = planes[0].shape
+    rows = _matvec_inplace(matrix.reshape(batch, -1, h, w), *(plane.unsqueeze(1) for plane in planes))
+    return rows.reshape(matrix.shape)
+
+
+def _pair_entries(matrix: torch.Tensor, h: int, w: int) -> Planes:
+    """The entries of a dense (B, N, N) matrix on the stencil: ``(X_ii, X_{i, i+1}, X_{i, i+w})`` as planes."""
+    batch = matrix.shape[0]
+    centre = matrix.diagonal(dim1=1, dim2=2).reshape(batch, h, w)
+    east = F.pad(matrix.diagonal(offset=1, dim1=1, dim2=2), (0, 1)).reshape(batch, h, w)[..., :, :-1]
+    south = matrix.diagonal(offset=w, dim1=1, dim2=2).reshape(batch, h - 1, w)
+    return centre, east, south
+
+
+def _matmul_vec(matrix: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """``X v`` for dense (B, N, N) matrices and grid vectors (B, h, w)."""
+    return (matrix @ v.reshape(v.shape[0], -1, 1)).reshape(v.shape)
+
+
+def _doubling_sums(v: torch.Tensor, residuals: torch.Tensor) -> list[torch.Tensor]:
+    """``S_{2^k} v`` for ``k = 0..K-1`` where ``S_n = sum_{j<n} R^j``, from ``residuals[k] = R^(2^k)``."""
+    sums = [v]
+    for residual in residuals[:-1]:
+        sums.append(sums[-1] + _matmul_vec(residual, sums[-1]))
+    return sums
+
+
+class _NewtonSchulzDiffusion(torch.autograd.Function):
+    """Newton-Schulz on dense ``P`` with stencil products, and a backward with one matmul per iteration.
+
+    Forward: ``T = P^T``, ``T_0 = alpha M``, ``T_{k+1} = 2 T_k - (T_k M) T_k`` with ``T_k M`` a stencil on
+    the rows of ``T_k``; ``u = T_K a``. The residuals ``E_k = I - M P_k = R^(2^k)`` (``R = I - alpha M^2``)
+    are kept. Backward (``P_0`` detached): the loss gradient with respect to ``M`` is ``-alpha^2 M F M``
+    with ``F = sum_{m+l<=n-2} R^m a g^T R^l``, ``n = 2^K``; its symmetric part ``Fs = F + F^T`` obeys
+    ``Fs_{2n} = E Fs_n + (E Fs_n)^T + S_n a (S_n g)^T + S_n g (S_n a)^T`` with ``S_n = sum_{j<n} R^j``.
+    """
+
+    @staticmethod
+    def forward(
+        ctx: torch.autograd.function.FunctionCtx,
+        attn: torch.Tensor,
+        centre: torch.Tensor,
+        east: torch.Tensor,
+        south: torch.Tensor,
+        num_iters: int,
+        alpha: float,
+    ) -> torch.Tensor:
+        planes = (centre, east, south)
+        batch, h, w = attn.shape
+        n = h * w
+        transposed = alpha * _dense_operator(planes, n)
+        identity = torch.eye(n, dtype=attn.dtype, device=attn.device)
+        residuals = attn.new_empty((num_iters, batch, n, n))
+        for k in range(num_iters):
+            times_m = _times_operator(transposed, planes)
+            torch.sub(identity, times_m, out=residuals[k])
+            transposed = torch.baddbmm(transposed, times_m, transposed, beta=2.0, alpha=-1.0)
+        ctx.save_for_backward(attn, centre, east, south, residuals, transposed)
+        ctx.alpha = alpha
+        return _matmul_vec(transposed, attn)
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx: torch.autograd.function.FunctionCtx, grad_u: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
+        attn, centre, east, south, residuals, transposed = ctx.saved_tensors
+        planes = (centre, east, south)
+        alpha = ctx.alpha
+        batch, h, w = attn.shape
+        grad_u = grad_u.contiguous()
+        grad_attn = _matmul_vec(transposed.transpose(1, 2), grad_u)
+        if not any(ctx.needs_input_grad[1:4]):
+            return grad_attn, None, None, None, None, None
+        sums = zip(_doubling_sums(attn, residuals), _doubling_sums(grad_u, residuals), strict=True)
+        pairs = [torch.stack((a.reshape(batch, -1), g.reshape(batch, -1)), dim=2) for a, g in sums]
+        sym = pairs[0] @ pairs[0].flip(2).transpose(1, 2)
+        for residual, pair in zip(residuals[1:], pairs[1:], strict=True):
+            half = residual @ sym
+            sym = torch.baddbmm(half + half.transpose(1, 2), pair, pair.flip(2).transpose(1, 2))
+        sandwich = _times_operator(_times_operator(sym, planes).transpose(1, 2), planes)
+        grad_centre, grad_east, grad_south = _pair_entries(sandwich, h, w)
+        scale = -(alpha**2)
+        return grad_attn, 0.5 * scale * grad_centre, scale * grad_east, scale * grad_south, None, None
 
 
 def diffuse_torch(
@@ -162,4 +243,4 @@ def diffuse_torch(
     planes = stencil_coefficients(maps, lam, eps)
     if 2**num_iters <= CHAIN_MAX_TERMS:
         return _ChainDiffusion.apply(attn, *planes, num_iters, alpha)
-    return _dense_diffusion(attn, planes, num_iters, alpha)
+    return _NewtonSchulzDiffusion.apply(attn, *planes, num_iters, alpha)

@@ -1,0 +1,82 @@
+"""Speed of SCM (Bai et al., ECCV 2022): the dense reference against the structured operator.
+
+Prints one table row per setting: forward+backward time of the full 4-block SCM module (16/4/4/4
+Newton-Schulz iterations) with the dense reference of ``tests/reference_scm.py`` and with
+``scm_calib.calibration.SCM`` on each available backend, measured side by side in one run.
+
+    python benchmarks/bench_scm_ops.py                  # CPU default: B=16, C=200, 14x14
+    python benchmarks/bench_scm_ops.py --device cuda    # adds the Triton backend
+"""
+
+import argparse
+import statistics
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+
+from reference_scm import ReferenceSCM  # noqa: E402
+
+from scm_calib.calibration import SCM  # noqa: E402
+from scm_calib.ops import triton_available  # noqa: E402
+
+
+def _time_ms(step: Callable[[], None], device: torch.device, repeats: int) -> float:
+    """Median wall time of ``step`` in milliseconds, after one warm-up call."""
+    step()
+    times = []
+    for _ in range(repeats):
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        start = time.perf_counter()
+        step()
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        times.append(1e3 * (time.perf_counter() - start))
+    return statistics.median(times)
+
+
+def _forward_backward(module: torch.nn.Module, maps: torch.Tensor, attn: torch.Tensor) -> Callable[[], None]:
+    def step() -> None:
+        calibrated, updated = module(maps, attn)
+        (calibrated.mean(dim=(2, 3)).logsumexp(dim=1).sum() + updated.sum()).backward()
+
+    return step
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--batch", type=int, nargs="+", default=[16])
+    parser.add_argument("--classes", type=int, default=200)
+    parser.add_argument("--grid", type=int, nargs=2, action="append", help="h w (repeatable); default 14 14")
+    parser.add_argument("--repeats", type=int, default=5)
+    args = parser.parse_args()
+    device = torch.device(args.device)
+    backends = ["torch"] + (["triton"] if device.type == "cuda" and triton_available() else [])
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu ({torch.get_num_threads()} threads)"
+    print(f"device: {name}, torch {torch.__version__}, SCM 4 blocks (16/4/4/4), forward+backward, float32")
+    header = f"{'B':>4} {'C':>5} {'grid':>7} {'dense ms':>10}" + "".join(
+        f" {b + ' ms':>10} {'x faster':>9}" for b in backends
+    )
+    print(header)
+    for h, w in args.grid or [(14, 14)]:
+        for batch in args.batch:
+            torch.manual_seed(0)
+            maps = torch.randn(batch, args.classes, h, w, device=device, requires_grad=True)
+            attn = torch.rand(batch, h, w, device=device, requires_grad=True)
+            dense = _time_ms(_forward_backward(ReferenceSCM().to(device), maps, attn), device, args.repeats)
+            row = f"{batch:>4} {args.classes:>5} {f'{h}x{w}':>7} {dense:>10.1f}"
+            for backend in backends:
+                module = SCM(backend=backend).to(device)
+                fast = _time_ms(_forward_backward(module, maps, attn), device, args.repeats)
+                row += f" {fast:>10.1f} {dense / fast:>9.2f}"
+            print(row)
+
+
+if __name__ == "__main__":
+    main()
