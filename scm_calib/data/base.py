@@ -1,0 +1,368 @@
+"""The sample format shared by every WSOL dataset of ``scm_calib``, the dataset over parsed records, collation.
+
+A dataset file is parsed eagerly into :class:`ImageRecord` s (relative image path, 0-based label, boxes in
+pixels of the original image, the ``file:line`` that listed the image); :class:`WSOLDataset` turns them into
+:class:`WSOLSample` s (image, label, boxes that followed the transforms, original size, optional
+protocol boxes and mask) and :func:`collate_wsol` batches samples with different numbers of boxes.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from scm_calib.data.transforms import (
+    protocol_boxes,
+    require_torchvision,
+    wsol_eval_transform,
+    wsol_train_transform,
+)
+
+Box = tuple[float, float, float, float]
+
+
+class DatasetFormatError(ValueError):
+    """A dataset file is missing, malformed or inconsistent with another, or an image cannot be read.
+
+    The message names the file (and the line) at fault.
+    """
+
+
+@dataclass(frozen=True)
+class ImageRecord:
+    """One image as a metadata file lists it.
+
+    Attributes:
+        path: image path relative to the dataset's image root.
+        label: 0-based class index.
+        boxes: boxes (x0, y0, x1, y1) in pixels of the original image; may be empty for splits without boxes.
+        source: ``"<file>:<line>"`` of the line that listed the image, for error messages.
+        size: original (width, height) when the metadata gives it (checked against the image), else None.
+    """
+
+    path: str
+    label: int
+    boxes: tuple[Box, ...]
+    source: str
+    size: tuple[int, int] | None = None
+
+
+@dataclass
+class WSOLSample:
+    """One transformed image with its annotations.
+
+    Attributes:
+        image: (3, H, W) float32, normalised by the transform.
+        label: 0-based class index.
+        boxes: (K, 4) float32 boxes (x0, y0, x1, y1) in pixels of ``image``; they followed every geometric
+            transform (a crop clamps them to the image).
+        image_size: original (width, height) in pixels.
+        index: position of the sample in its dataset.
+        path: image path relative to the dataset's image root.
+        boxes_protocol: (K, 4) int64 boxes in the evaluation protocol's convention (each original coordinate
+            times the input size over the original size, truncated), or None when not asked for.
+        mask: (H, W) bool object mask in pixels of ``image`` (stored mask value > 127), or None without masks.
+    """
+
+    image: torch.Tensor
+    label: int
+    boxes: torch.Tensor
+    image_size: tuple[int, int]
+    index: int
+    path: str
+    boxes_protocol: torch.Tensor | None = None
+    mask: torch.Tensor | None = None
+
+
+@dataclass
+class WSOLBatch:
+    """A batch of :class:`WSOLSample` s, from :func:`collate_wsol`.
+
+    Attributes:
+        images: (B, 3, H, W) float32.
+        labels: (B,) int64 0-based class indices.
+        boxes: B tensors (K_i, 4) float32, (x0, y0, x1, y1) in pixels of ``images``.
+        image_sizes: (B, 2) int64 original (width, height).
+        indices: (B,) int64 positions in the dataset.
+        paths: B relative image paths.
+        boxes_protocol: B tensors (K_i, 4) int64 in the protocol's convention, or None.
+        masks: (B, H, W) bool, or None.
+    """
+
+    images: torch.Tensor
+    labels: torch.Tensor
+    boxes: list[torch.Tensor]
+    image_sizes: torch.Tensor
+    indices: torch.Tensor
+    paths: list[str]
+    boxes_protocol: list[torch.Tensor] | None = None
+    masks: torch.Tensor | None = None
+
+    def to(self, device: torch.device | str, non_blocking: bool = False) -> WSOLBatch:
+        """Move every tensor to ``device``.
+
+        Args:
+            device: target device.
+            non_blocking: passed to ``Tensor.to``.
+
+        Returns:
+            A new batch on ``device``.
+        """
+
+        def move(tensor: torch.Tensor) -> torch.Tensor:
+            return tensor.to(device, non_blocking=non_blocking)
+
+        return WSOLBatch(
+            images=move(self.images),
+            labels=move(self.labels),
+            boxes=[move(boxes) for boxes in self.boxes],
+            image_sizes=move(self.image_sizes),
+            indices=move(self.indices),
+            paths=list(self.paths),
+            boxes_protocol=None if self.boxes_protocol is None else [move(b) for b in self.boxes_protocol],
+            masks=None if self.masks is None else move(self.masks),
+        )
+
+    def pin_memory(self) -> WSOLBatch:
+        """Pin every tensor (called by ``DataLoader(pin_memory=True)``).
+
+        Returns:
+            A new batch in pinned host memory.
+        """
+        return WSOLBatch(
+            images=self.images.pin_memory(),
+            labels=self.labels.pin_memory(),
+            boxes=[boxes.pin_memory() for boxes in self.boxes],
+            image_sizes=self.image_sizes.pin_memory(),
+            indices=self.indices.pin_memory(),
+            paths=list(self.paths),
+            boxes_protocol=None if self.boxes_protocol is None else [b.pin_memory() for b in self.boxes_protocol],
+            masks=None if self.masks is None else self.masks.pin_memory(),
+        )
+
+
+def collate_wsol(samples: Sequence[WSOLSample]) -> WSOLBatch:
+    """Batch samples that may have different numbers of boxes (pass as a DataLoader's ``collate_fn``).
+
+    Args:
+        samples: samples of one dataset, with images of one size.
+
+    Returns:
+        The batch; boxes stay a list of (K_i, 4) tensors.
+    """
+    if not samples:
+        raise ValueError("collate_wsol got an empty list of samples; give it at least one.")
+    for name in ("boxes_protocol", "mask"):
+        present = [getattr(sample, name) is not None for sample in samples]
+        if any(present) and not all(present):
+            raise ValueError(
+                f"collate_wsol got samples with and without {name!r}; build every sample of a batch from one "
+                "dataset with the same options."
+            )
+    first = samples[0]
+    return WSOLBatch(
+        images=torch.stack([sample.image for sample in samples]),
+        labels=torch.tensor([sample.label for sample in samples], dtype=torch.int64),
+        boxes=[sample.boxes for sample in samples],
+        image_sizes=torch.tensor([sample.image_size for sample in samples], dtype=torch.int64),
+        indices=torch.tensor([sample.index for sample in samples], dtype=torch.int64),
+        paths=[sample.path for sample in samples],
+        boxes_protocol=None if first.boxes_protocol is None else [s.boxes_protocol for s in samples],
+        masks=None if first.mask is None else torch.stack([sample.mask for sample in samples]),
+    )
+
+
+class WSOLDataset(torch.utils.data.Dataset):
+    """Images, labels and boxes from parsed records, with the paper's transforms by default.
+
+    Subclasses (:class:`~scm_calib.data.CUBDataset`, :class:`~scm_calib.data.ILSVRCListDataset`,
+    :class:`~scm_calib.data.WSOLMetadataDataset`) parse a file format into records; images are read in
+    ``__getitem__`` (an unreadable image raises :class:`DatasetFormatError` naming it and its metadata line).
+
+    Args:
+        records: the images, parsed.
+        image_root: folder the record paths are relative to.
+        image_size: side of the square network input.
+        augment: use the training transform (random crop and flip) instead of the eval transform; only
+            used when ``transform`` is None.
+        transform: a v2 transform called as ``transform(image, boxes)`` or ``transform(image, boxes, mask)``
+            on ``tv_tensors`` (uint8 image (3, H, W), XYXY boxes, uint8 mask (1, H, W)); it must return a
+            float (3, S, S) image. Default: :func:`wsol_train_transform` or :func:`wsol_eval_transform`.
+        boxes_protocol: also give the protocol's integer boxes (valid when the geometric transform resizes the
+            whole image, as the eval transform does). Default: on with the default eval transform.
+        mask_root: folder of the masks, which mirror the images as PNG (``a/b.jpg`` -> ``a/b.png``); None for
+            no masks.
+    """
+
+    def __init__(
+        self,
+        records: Sequence[ImageRecord],
+        image_root: str | Path,
+        *,
+        image_size: int = 224,
+        augment: bool = False,
+        transform: Callable[..., Any] | None = None,
+        boxes_protocol: bool | None = None,
+        mask_root: str | Path | None = None,
+    ) -> None:
+        require_torchvision()
+        self.records = list(records)
+        self.image_root = Path(image_root)
+        self.mask_root = None if mask_root is None else Path(mask_root)
+        if transform is None:
+            transform = wsol_train_transform(image_size) if augment else wsol_eval_transform(image_size)
+            if boxes_protocol is None:
+                boxes_protocol = not augment
+        self.transform = transform
+        self.boxes_protocol = bool(boxes_protocol)
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    @property
+    def labels(self) -> list[int]:
+        """0-based labels of every image, in order (for samplers and class counts)."""
+        return [record.label for record in self.records]
+
+    def __getitem__(self, index: int) -> WSOLSample:
+        from torchvision import tv_tensors
+
+        record = self.records[index]
+        image = _read_image(self.image_root / record.path, record, mode="RGB")
+        height, width = image.shape[:2]
+        if record.size is not None and record.size != (width, height):
+            raise DatasetFormatError(
+                f"{record.source}: gives the size of {record.path} as {record.size[0]}x{record.size[1]} "
+                f"(width x height) but the image is {width}x{height}; fix the metadata or the image."
+            )
+        boxes = torch.tensor(record.boxes, dtype=torch.float64).reshape(-1, 4)
+        inputs: list[Any] = [
+            tv_tensors.Image(torch.from_numpy(image).permute(2, 0, 1)),
+            tv_tensors.BoundingBoxes(boxes.to(torch.float32), format="XYXY", canvas_size=(height, width)),
+        ]
+        if self.mask_root is not None:
+            mask_path = (self.mask_root / record.path).with_suffix(".png")
+            mask = _read_image(mask_path, record, mode="L")
+            if mask.shape != (height, width):
+                raise DatasetFormatError(
+                    f"{mask_path}: mask is {mask.shape[1]}x{mask.shape[0]} but its image {record.path} "
+                    f"(listed in {record.source}) is {width}x{height}; masks must match their images."
+                )
+            inputs.append(tv_tensors.Mask(torch.from_numpy(mask)[None]))
+        outputs = self.transform(*inputs)
+        out_image = outputs[0].as_subclass(torch.Tensor)
+        return WSOLSample(
+            image=out_image,
+            label=record.label,
+            boxes=outputs[1].as_subclass(torch.Tensor).to(torch.float32),
+            image_size=(width, height),
+            index=index,
+            path=record.path,
+            boxes_protocol=(
+                protocol_boxes(boxes, (width, height), (out_image.shape[-1], out_image.shape[-2]))
+                if self.boxes_protocol
+                else None
+            ),
+            mask=outputs[2].as_subclass(torch.Tensor)[0] > 127 if self.mask_root is not None else None,
+        )
+
+
+def _read_image(path: Path, record: ImageRecord, mode: str) -> np.ndarray:
+    """Read an image file as a uint8 array, (H, W, 3) for mode "RGB", (H, W) for mode "L"."""
+    try:
+        from PIL import Image
+    except ImportError as error:
+        raise ImportError(
+            "scm_calib.data reads images with Pillow; install it with `pip install scm_calib[examples]`."
+        ) from error
+    try:
+        with Image.open(path) as image:
+            return np.array(image.convert(mode), dtype=np.uint8)
+    except (OSError, ValueError, SyntaxError) as error:
+        raise DatasetFormatError(
+            f"{path} (listed in {record.source}) cannot be read as an image: {error}; check that the file exists "
+            "and is a valid image, or remove its line."
+        ) from error
+
+
+def read_lines(path: Path) -> list[tuple[int, str]]:
+    """The non-blank lines of a text file with their 1-based numbers.
+
+    Args:
+        path: the file.
+
+    Returns:
+        (line number, stripped text) pairs.
+
+    Raises:
+        DatasetFormatError: the file is missing or is not UTF-8 text.
+    """
+    if not path.is_file():
+        raise DatasetFormatError(f"{path}: file not found; check the dataset root and that the download is complete.")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as error:
+        raise DatasetFormatError(f"{path}: cannot be read as UTF-8 text ({error}).") from error
+    return [(number, line.strip()) for number, line in enumerate(text.splitlines(), start=1) if line.strip()]
+
+
+def split_fields(
+    path: Path, number: int, line: str, layout: str, count: int | None, sep: str | None = None
+) -> list[str]:
+    """Split a line into fields and check their count.
+
+    Args:
+        path: file of the line (for the message).
+        number: 1-based line number.
+        line: the stripped line.
+        layout: the expected layout, e.g. ``"<id> <x> <y> <width> <height>"`` (for the message).
+        count: the number of fields expected; None to accept any.
+        sep: separator; None for runs of whitespace.
+
+    Returns:
+        The fields, stripped.
+    """
+    fields = [field.strip() for field in line.split(sep)]
+    if count is not None and len(fields) != count:
+        raise DatasetFormatError(
+            f"{path}, line {number}: expected {count} fields '{layout}', got {len(fields)} in {line!r}."
+        )
+    return fields
+
+
+def parse_int(path: Path, number: int, text: str, name: str) -> int:
+    """Parse an integer field, or raise :class:`DatasetFormatError` naming the file and line."""
+    try:
+        return int(text)
+    except ValueError:
+        raise DatasetFormatError(f"{path}, line {number}: {name} must be an integer, got {text!r}.") from None
+
+
+def parse_float(path: Path, number: int, text: str, name: str) -> float:
+    """Parse a finite float field, or raise :class:`DatasetFormatError` naming the file and line."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise DatasetFormatError(f"{path}, line {number}: {name} must be a number, got {text!r}.") from None
+    if not math.isfinite(value):
+        raise DatasetFormatError(f"{path}, line {number}: {name} must be finite, got {text!r}.")
+    return value
+
+
+def parse_box(path: Path, number: int, fields: Sequence[str]) -> Box:
+    """Parse four fields (x0, y0, x1, y1) into a box with x0 <= x1 and y0 <= y1."""
+    x0, y0, x1, y1 = (
+        parse_float(path, number, text, name) for text, name in zip(fields, ("x0", "y0", "x1", "y1"), strict=True)
+    )
+    if x1 < x0 or y1 < y0:
+        raise DatasetFormatError(
+            f"{path}, line {number}: box ({x0}, {y0}, {x1}, {y1}) has x1 < x0 or y1 < y0; boxes are "
+            "(x0, y0, x1, y1) with the top-left corner first."
+        )
+    return (x0, y0, x1, y1)
