@@ -1,0 +1,162 @@
+"""One table of SCM's cost next to the bare timm model: training step, SCM blocks alone, inference.
+
+Runs on CPU and GPU; on a GPU it is the single command of the device check::
+
+    python benchmarks/benchmark.py                      # CUDA: DeiT-S, batch 128, 224 px, bf16 and fp32
+    python benchmarks/benchmark.py --batch 8 --steps 3  # CPU: the same table at a size this machine can run
+
+Rows (each timed side by side in one run, ratios to the bare timm model of the same precision):
+training step (bare timm; an original-like adapter that keeps every attention matrix and runs the dense
+operator; the adapter with the torch operator; with the Triton operator on CUDA), SCM blocks alone
+(forward + backward), inference forward (bare, stripped, localization maps). The table is printed and,
+with ``--out``, appended to a Markdown file.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import datetime
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import timm
+import torch
+import torch.nn.functional as F
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+
+from reference_scm import ReferenceSCM  # noqa: E402  (the dense formulas, the original's cost)
+
+from scm_calib import SCM, SCMAdapter, localization_maps  # noqa: E402
+from scm_calib.ops import triton_available  # noqa: E402
+
+
+def measure(fn: Callable[[], object], device: torch.device, steps: int, warmup: int) -> tuple[float, float | None]:
+    """Median milliseconds per call and peak GiB allocated above the start (CUDA only)."""
+    for _ in range(warmup):
+        fn()
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        base = torch.cuda.memory_allocated()
+    times = []
+    for _ in range(steps):
+        start = time.perf_counter()
+        fn()
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        times.append((time.perf_counter() - start) * 1e3)
+    peak = (torch.cuda.max_memory_allocated() - base) / 2**30 if device.type == "cuda" else None
+    return sorted(times)[len(times) // 2], peak
+
+
+def train_step(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, autocast: contextlib.AbstractContextManager):
+    """One AdamW step; ``model`` returns logits or an SCMOutput."""
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-6, weight_decay=0.05)
+
+    def step() -> None:
+        optimizer.zero_grad(set_to_none=True)
+        with autocast:
+            out = model(x)
+            logits = out if isinstance(out, torch.Tensor) else out.logits
+            loss = F.cross_entropy(logits.float(), y)
+        loss.backward()
+        optimizer.step()
+
+    return step
+
+
+def run(args: argparse.Namespace) -> list[str]:
+    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    torch.manual_seed(0)
+    size = args.img_size
+    x = torch.randn(args.batch, 3, size, size, device=device)
+    y = torch.randint(0, args.classes, (args.batch,), device=device)
+    backends = ["torch"] + (["triton"] if device.type == "cuda" and triton_available() else [])
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU ({torch.get_num_threads()} threads)"
+    lines = [
+        f"### {datetime.date.today()} - {name}, {args.model}, batch {args.batch}, {size} px, {args.classes} classes, "
+        f"median of {args.steps} steps after {args.warmup} warm-up, torch {torch.__version__}, timm {timm.__version__}",
+        "",
+        "| run | precision | ms | peak GiB | time / bare | memory / bare |",
+        "|---|---|---|---|---|---|",
+    ]
+
+    def model() -> torch.nn.Module:
+        return timm.create_model(args.model, num_classes=args.classes, img_size=size, **args.model_kwargs).to(device)
+
+    def row(label: str, precision: str, result: tuple[float, float | None], bare: tuple[float, float | None]) -> None:
+        ms, peak = result
+        ratio_t = f"{ms / bare[0]:.2f}x"
+        ratio_m = f"{peak / bare[1]:.2f}x" if peak is not None and bare[1] else "-"
+        lines.append(f"| {label} | {precision} | {ms:.1f} | {f'{peak:.2f}' if peak is not None else '-'} | "
+                     f"{ratio_t} | {ratio_m} |")
+        print(lines[-1], flush=True)
+
+    print("\n".join(lines), flush=True)
+    for precision in args.precision:
+        dtype = torch.bfloat16 if precision == "bf16" else None
+        autocast = torch.autocast(device.type, dtype=dtype) if dtype else contextlib.nullcontext()
+        bare = measure(train_step(model(), x, y, autocast), device, args.steps, args.warmup)
+        row("train step: bare timm", precision, bare, bare)
+        variants = [("original-like: attention maps + dense operator", "probs", ReferenceSCM())]
+        variants += [(f"{backend} operator", "auto", SCM(backend=backend)) for backend in backends]
+        for label, capture, scm in variants:
+            adapter = SCMAdapter(model(), scm=scm.to(device), capture=capture)
+            row(f"train step: adapter, {label}", precision, measure(train_step(adapter, x, y, autocast), device,
+                                                                      args.steps, args.warmup), bare)
+        grid = size // 16
+        maps = torch.randn(args.batch, args.classes, grid, grid, device=device, requires_grad=True)
+        attn = torch.rand(args.batch, grid, grid, device=device, requires_grad=True)
+        for label, scm in [("dense", ReferenceSCM())] + [(b, SCM(backend=b)) for b in backends]:
+            scm = scm.to(device)
+
+            def blocks(scm: torch.nn.Module = scm, maps=maps, attn=attn, autocast=autocast) -> None:
+                with autocast:
+                    out, a = scm(maps, attn)
+                (out.sum() + a.sum()).backward()
+
+            row(f"SCM blocks alone, fwd+bwd: {label}", precision, measure(blocks, device, args.steps, args.warmup),
+                bare)
+    with torch.no_grad():
+        bare_model = model().eval()
+        bare = measure(lambda: bare_model(x), device, args.steps, args.warmup)
+        row("inference: bare timm forward", "fp32", bare, bare)
+        stripped = SCMAdapter(model(), head="linear").strip().eval()
+        row("inference: stripped forward", "fp32", measure(lambda: stripped(x), device, args.steps, args.warmup), bare)
+        row("inference: localization maps (top-1)", "fp32",
+            measure(lambda: localization_maps(stripped, x), device, args.steps, args.warmup), bare)
+    return lines
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--model", default="deit_small_patch16_224")
+    parser.add_argument("--batch", type=int, default=None, help="default: 128 on CUDA, 8 on CPU")
+    parser.add_argument("--img-size", type=int, default=224)
+    parser.add_argument("--classes", type=int, default=200)
+    parser.add_argument("--precision", nargs="+", choices=["bf16", "fp32"], default=None,
+                        help="default: bf16 fp32 on CUDA, fp32 on CPU")
+    parser.add_argument("--steps", type=int, default=None, help="timed steps (default 20 on CUDA, 3 on CPU)")
+    parser.add_argument("--warmup", type=int, default=None, help="untimed steps first (default 5 on CUDA, 1 on CPU)")
+    parser.add_argument("--device", default=None)
+    parser.add_argument("--depth", type=int, default=None, help="override the model depth (quick CPU runs)")
+    parser.add_argument("--out", type=Path, default=None, help="append the table to this Markdown file")
+    args = parser.parse_args()
+    cuda = (args.device or ("cuda" if torch.cuda.is_available() else "cpu")).startswith("cuda")
+    args.batch = args.batch or (128 if cuda else 8)
+    args.precision = args.precision or (["bf16", "fp32"] if cuda else ["fp32"])
+    args.steps = args.steps or (20 if cuda else 3)
+    args.warmup = args.warmup if args.warmup is not None else (5 if cuda else 1)
+    args.model_kwargs = {"depth": args.depth} if args.depth else {}
+    lines = run(args)
+    if args.out:
+        with args.out.open("a") as f:
+            f.write("\n".join(lines) + "\n\n")
+
+
+if __name__ == "__main__":
+    main()
