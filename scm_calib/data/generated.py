@@ -87,13 +87,14 @@ def ensure_generated_dataset(
     root = Path(root)
     if _is_complete(root, spec):
         return root
-    if root.exists() and any(root.iterdir()):
+    if root.exists() and (not root.is_dir() or any(root.iterdir())):
         raise FileExistsError(
             f"{root} exists and is not a complete generated dataset (no {MARKER}); delete it or pass another root."
         )
     root.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{root.name}.tmp-", dir=root.parent))
     try:
+        tmp.chmod(0o755)
         _write_dataset(tmp, spec)
         try:
             os.replace(tmp, root)
