@@ -19,6 +19,7 @@ def reference_diffuse(
     num_iters: int,
     alpha: float = 0.002,
     eps: float = 1e-8,
+    initial_from: tuple[torch.Tensor, torch.Tensor | float] | None = None,
 ) -> torch.Tensor:
     """``u = P_K^T a`` of one SCM block with dense matrices.
 
@@ -29,23 +30,30 @@ def reference_diffuse(
         num_iters: Newton-Schulz iterations ``K``.
         alpha: Newton-Schulz step.
         eps: Lower bound of the norm in the cosine similarity.
+        initial_from: ``(maps, lambda)`` to build ``P_0`` from, held constant; default: the inputs (the
+            official code). With constants here, finite differences give the detached-``P_0`` gradient.
 
     Returns:
         ``u``, shape (B, h, w).
     """
     batch, _, h, w = maps.shape
     n = h * w
-    features = maps.flatten(2).transpose(1, 2)
-    unit = F.normalize(features, dim=-1, eps=eps)
-    similarity = unit @ unit.transpose(1, 2)
-    laplacian = grid_laplacian(h, w, maps.device, maps.dtype)
-    operator = laplacian * (lam * similarity - 1.0)
+    operator = _operator(maps, lam, eps)
     identity = torch.eye(n, dtype=maps.dtype, device=maps.device)
-    inverse = alpha * operator.transpose(1, 2).detach()
+    initial = operator if initial_from is None else _operator(*initial_from, eps)
+    inverse = alpha * initial.transpose(1, 2).detach()
     for _ in range(num_iters):
         inverse = inverse @ (2.0 * identity - operator @ inverse)
     u = inverse.transpose(1, 2) @ attn.reshape(batch, n, 1)
     return u.reshape(batch, h, w)
+
+
+def _operator(maps: torch.Tensor, lam: torch.Tensor | float, eps: float) -> torch.Tensor:
+    """``M = L * (lambda * Sim - 1)``, shape (B, N, N), from maps (B, C, h, w)."""
+    _, _, h, w = maps.shape
+    unit = F.normalize(maps.flatten(2).transpose(1, 2), dim=-1, eps=eps)
+    similarity = unit @ unit.transpose(1, 2)
+    return grid_laplacian(h, w, maps.device, maps.dtype) * (lam * similarity - 1.0)
 
 
 def reference_gate(

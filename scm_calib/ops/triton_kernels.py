@@ -107,7 +107,7 @@ def _chain_backward_kernel(
     scratch = scratch_ptr + base
     # H_l = sum_{j<=l} M R^j g, kept for every l; v runs through R^l g.
     v = tl.load(grad_ptr + base + offs, mask=inside, other=0.0)
-    cumulative = tl.zeros((BLOCK,), dtype=tl.float32)
+    cumulative = tl.full((BLOCK,), 0.0, tl.float32)
     for term in range(num_terms):
         tl.store(scratch + offs, v, mask=inside)
         tl.debug_barrier()
@@ -121,9 +121,9 @@ def _chain_backward_kernel(
         tl.debug_barrier()
     tl.store(grad_attn_ptr + base + offs, alpha * cumulative, mask=inside)
     # dL/dM_ij = -alpha^2 sum_{m<=n-2} A_m[i] H_{n-2-m}[j] with A_m = M R^m a.
-    grad_centre = tl.zeros((BLOCK,), dtype=tl.float32)
-    grad_east = tl.zeros((BLOCK,), dtype=tl.float32)
-    grad_south = tl.zeros((BLOCK,), dtype=tl.float32)
+    grad_centre = tl.full((BLOCK,), 0.0, tl.float32)
+    grad_east = tl.full((BLOCK,), 0.0, tl.float32)
+    grad_south = tl.full((BLOCK,), 0.0, tl.float32)
     for m in range(num_terms - 1):
         power = powers_ptr + m * stride + base
         a = _matvec(power, centre, east, west, south, north, offs, col, row, width, height, num_nodes)
@@ -143,6 +143,10 @@ def _chain_backward_kernel(
     tl.store(grad_centre_ptr + base + offs, scale * grad_centre, mask=inside)
     tl.store(grad_east_ptr + base + offs, scale * grad_east, mask=has_east)
     tl.store(grad_south_ptr + base + offs, scale * grad_south, mask=has_south)
+
+
+#: Whether the kernels were built for the Triton interpreter (``TRITON_INTERPRET=1`` at import).
+_INTERPRETED = type(_chain_forward_kernel).__name__ == "InterpretedFunction"
 
 
 def _launch_config(num_nodes: int) -> tuple[int, int]:
@@ -221,6 +225,12 @@ def diffuse_triton(
     Returns:
         ``u``, shape (B, h, w).
     """
+    if maps.device.type != "cuda" and not _INTERPRETED:
+        raise RuntimeError(
+            f"backend='triton' got {maps.device.type} tensors: it runs on CUDA, or on CPU under the Triton "
+            "interpreter (TRITON_INTERPRET=1 set before scm_calib.ops.triton_kernels is imported); "
+            "use backend='torch' on CPU"
+        )
     if maps.dtype != torch.float32 or attn.dtype != torch.float32:
         raise TypeError(
             f"the Triton backend computes in float32, got maps {maps.dtype} and attn {attn.dtype}; "

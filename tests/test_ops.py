@@ -1,0 +1,198 @@
+"""The diffusion operator of SCM (``scm_calib.ops``) against the dense reference of ``tests/reference_scm.py``."""
+
+import importlib
+import os
+from collections.abc import Callable, Iterator
+from types import ModuleType
+
+import pytest
+import torch
+from reference_scm import reference_diffuse
+
+import scm_calib.ops as ops
+from scm_calib.ops import diffuse, torch_stencil
+from scm_calib.ops.grid import grid_degree, grid_laplacian
+from scm_calib.ops.torch_stencil import stencil_coefficients, stencil_matvec
+
+CPU = torch.device("cpu")
+
+
+def _inputs(batch: int, classes: int, h: int, w: int, dtype: torch.dtype, seed: int = 0) -> tuple[torch.Tensor, ...]:
+    generator = torch.Generator().manual_seed(seed)
+    maps = torch.randn(batch, classes, h, w, generator=generator, dtype=dtype)
+    attn = torch.rand(batch, h, w, generator=generator, dtype=dtype)
+    probe = torch.randn(batch, h, w, generator=generator, dtype=dtype)
+    return maps, attn, probe
+
+
+def _values_and_grads(
+    fn: Callable[..., torch.Tensor],
+    maps: torch.Tensor,
+    attn: torch.Tensor,
+    lam: float,
+    probe: torch.Tensor,
+    num_iters: int,
+) -> tuple[torch.Tensor, ...]:
+    maps, attn = maps.clone().requires_grad_(), attn.clone().requires_grad_()
+    lam = torch.tensor(lam, dtype=maps.dtype, requires_grad=True)
+    u = fn(maps, attn, lam, num_iters)
+    return (u, *torch.autograd.grad((u * probe).sum(), (maps, attn, lam)))
+
+
+def _assert_close(actual: tuple[torch.Tensor, ...], expected: tuple[torch.Tensor, ...], rtol: float) -> None:
+    for name, a, e in zip(("u", "grad maps", "grad attn", "grad lambda"), actual, expected, strict=True):
+        torch.testing.assert_close(a, e, rtol=rtol, atol=rtol * e.abs().max().item(), msg=lambda m, n=name: f"{n}: {m}")
+
+
+@pytest.mark.parametrize(("h", "w"), [(3, 4), (1, 1), (1, 5), (4, 1), (7, 10)])
+def test_grid_degree_and_laplacian(h: int, w: int) -> None:
+    degree = grid_degree(h, w, CPU, torch.float32)
+    laplacian = grid_laplacian(h, w, CPU, torch.float32)
+    rows = torch.arange(h)[:, None].expand(h, w)
+    cols = torch.arange(w)[None, :].expand(h, w)
+    expected = (rows > 0).float() + (rows < h - 1).float() + (cols > 0).float() + (cols < w - 1).float()
+    torch.testing.assert_close(degree, expected)
+    torch.testing.assert_close(laplacian, laplacian.T)
+    torch.testing.assert_close(laplacian.diagonal(), degree.flatten())
+    torch.testing.assert_close(laplacian.sum(dim=1), torch.zeros(h * w))
+    assert int((laplacian < 0).sum()) == 2 * (h * (w - 1) + (h - 1) * w)
+
+
+def test_grid_degree_values_on_non_square_grid() -> None:
+    degree = grid_degree(3, 4, CPU, torch.float32)
+    assert degree.tolist() == [[2, 3, 3, 2], [3, 4, 4, 3], [2, 3, 3, 2]]
+
+
+def test_grid_tensors_are_cached() -> None:
+    assert grid_degree(5, 6, CPU, torch.float32) is grid_degree(5, 6, CPU, torch.float32)
+    assert grid_laplacian(5, 6, CPU, torch.float32) is grid_laplacian(5, 6, CPU, torch.float32)
+    assert grid_degree(5, 6, CPU, torch.float64) is not grid_degree(5, 6, CPU, torch.float32)
+
+
+def test_grid_rejects_empty_grid() -> None:
+    with pytest.raises(ValueError, match="h=0"):
+        grid_degree(0, 3, CPU, torch.float32)
+
+
+def test_grid_tensors_built_in_inference_mode_support_autograd() -> None:
+    with torch.inference_mode():
+        grid_degree(2, 9, CPU, torch.float32)
+    maps = torch.randn(1, 3, 2, 9, requires_grad=True)
+    diffuse(maps, torch.rand(1, 2, 9), 1.0, 2, backend="torch").sum().backward()
+    assert maps.grad is not None
+
+
+@pytest.mark.parametrize(("h", "w"), [(3, 4), (5, 2), (1, 6)])
+def test_stencil_matvec_equals_dense_operator(h: int, w: int) -> None:
+    maps, attn, _ = _inputs(2, 4, h, w, torch.float64)
+    lam = 1.3
+    unit = torch.nn.functional.normalize(maps.flatten(2).transpose(1, 2), dim=-1, eps=1e-8)
+    dense = grid_laplacian(h, w, CPU, torch.float64) * (lam * unit @ unit.transpose(1, 2) - 1.0)
+    expected = (dense @ attn.reshape(2, -1, 1)).reshape(2, h, w)
+    torch.testing.assert_close(stencil_matvec(attn, *stencil_coefficients(maps, lam, 1e-8)), expected)
+
+
+SHAPES = [(3, 4), (4, 5), (7, 10), (1, 5), (5, 1)]
+
+
+@pytest.mark.parametrize("num_iters", [1, 2, 4, 16])
+@pytest.mark.parametrize(("h", "w"), SHAPES)
+def test_torch_path_matches_reference_float32(h: int, w: int, num_iters: int) -> None:
+    maps, attn, probe = _inputs(3, 5, h, w, torch.float32)
+    expected = _values_and_grads(reference_diffuse, maps, attn, 1.3, probe, num_iters)
+    actual = _values_and_grads(lambda *args: diffuse(*args, backend="torch"), maps, attn, 1.3, probe, num_iters)
+    _assert_close(actual, expected, rtol=1e-4)
+
+
+@pytest.mark.parametrize("chain_max_terms", [1, 2**16])
+@pytest.mark.parametrize("num_iters", [1, 3, 5])
+def test_chain_and_dense_paths_both_match_reference(
+    monkeypatch: pytest.MonkeyPatch, chain_max_terms: int, num_iters: int
+) -> None:
+    monkeypatch.setattr(torch_stencil, "CHAIN_MAX_TERMS", chain_max_terms)
+    maps, attn, probe = _inputs(2, 4, 4, 6, torch.float64)
+    expected = _values_and_grads(reference_diffuse, maps, attn, 0.8, probe, num_iters)
+    actual = _values_and_grads(lambda *a: diffuse(*a, backend="torch"), maps, attn, 0.8, probe, num_iters)
+    _assert_close(actual, expected, rtol=1e-9)
+
+
+@pytest.mark.parametrize("num_iters", [2, 16])
+def test_torch_path_gradcheck_float64(num_iters: int) -> None:
+    """Finite differences of Newton-Schulz with ``P_0`` held at the evaluation point vs our backward.
+
+    ``ours - ours.detach()`` is zero in value and carries our gradient; the frozen-``P_0`` reference
+    (detached) carries the value that gradcheck differentiates numerically.
+    """
+    maps, attn, _ = _inputs(1, 3, 3, 4, torch.float64) if num_iters < 8 else _inputs(1, 2, 2, 3, torch.float64)
+    lam = torch.tensor(1.2, dtype=torch.float64)
+    initial = (maps.clone(), lam.clone())
+
+    def fn(maps_: torch.Tensor, attn_: torch.Tensor, lam_: torch.Tensor) -> torch.Tensor:
+        ours = diffuse(maps_, attn_, lam_, num_iters, backend="torch")
+        frozen = reference_diffuse(maps_, attn_, lam_, num_iters, initial_from=initial)
+        return ours - ours.detach() + frozen.detach()
+
+    assert torch.autograd.gradcheck(fn, (maps.requires_grad_(), attn.requires_grad_(), lam.requires_grad_()))
+    assert torch.autograd.gradcheck(lambda a: diffuse(maps.detach(), a, lam.detach(), num_iters), (attn,))
+
+
+def test_gradient_is_that_of_detached_initial_guess() -> None:
+    """The P_0-detached gradient differs from the gradient of the polynomial p_K(M) a: both must be checked."""
+    maps, attn, probe = _inputs(1, 3, 3, 3, torch.float64)
+    maps.requires_grad_()
+    u = diffuse(maps, attn, 1.0, 2, backend="torch")
+    (grad_detached,) = torch.autograd.grad((u * probe).sum(), maps)
+    planes = stencil_coefficients(maps, 1.0, 1e-8)
+    matvec = lambda v: stencil_matvec(v, *planes)
+    alpha, total, power = 0.002, attn, attn
+    for _ in range(3):
+        power = power - alpha * matvec(matvec(power))
+        total = total + power
+    (grad_polynomial,) = torch.autograd.grad((alpha * matvec(total) * probe).sum(), maps)
+    assert not torch.allclose(grad_detached, grad_polynomial, rtol=1e-6, atol=0)
+
+
+def test_dispatch_errors(monkeypatch: pytest.MonkeyPatch) -> None:
+    maps, attn, _ = _inputs(1, 2, 3, 3, torch.float32)
+    with pytest.raises(ValueError, match="unknown backend 'cuda'"):
+        diffuse(maps, attn, 1.0, 2, backend="cuda")
+    with pytest.raises(ValueError, match="num_iters must be at least 1, got 0"):
+        diffuse(maps, attn, 1.0, 0)
+    with pytest.raises(ValueError, match=r"expected maps \(B, C, h, w\)"):
+        diffuse(maps, attn[:, :2], 1.0, 2)
+    monkeypatch.setattr(ops, "triton_available", lambda: False)
+    with pytest.raises(RuntimeError, match="needs the triton package"):
+        diffuse(maps, attn, 1.0, 2, backend="triton")
+    assert ops.resolve_backend("auto", CPU) == "torch"
+
+
+@pytest.fixture
+def interpreted_triton(monkeypatch: pytest.MonkeyPatch) -> Iterator[ModuleType]:
+    """``scm_calib.ops.triton_kernels`` built for the Triton interpreter (CPU tensors)."""
+    if not ops.triton_available():
+        pytest.skip("triton is not installed")
+    monkeypatch.setenv("TRITON_INTERPRET", "1")
+    module = importlib.reload(importlib.import_module("scm_calib.ops.triton_kernels"))
+    yield module
+    if os.environ.get("TRITON_INTERPRET") != "1":
+        importlib.reload(module)
+
+
+@pytest.mark.parametrize(("h", "w", "num_iters"), [(4, 5, 2), (4, 5, 4), (2, 7, 3), (3, 1, 1)])
+def test_triton_path_matches_reference(interpreted_triton: ModuleType, h: int, w: int, num_iters: int) -> None:
+    maps, attn, probe = _inputs(2, 3, h, w, torch.float32)
+    expected = _values_and_grads(reference_diffuse, maps, attn, 1.3, probe, num_iters)
+    actual = _values_and_grads(lambda *a: diffuse(*a, backend="triton"), maps, attn, 1.3, probe, num_iters)
+    _assert_close(actual, expected, rtol=1e-4)
+
+
+def test_triton_path_large_k_and_errors(interpreted_triton: ModuleType, monkeypatch: pytest.MonkeyPatch) -> None:
+    maps, attn, probe = _inputs(2, 3, 3, 4, torch.float32)
+    expected = _values_and_grads(reference_diffuse, maps, attn, 1.0, probe, 16)
+    actual = _values_and_grads(lambda *a: diffuse(*a, backend="triton"), maps, attn, 1.0, probe, 16)
+    _assert_close(actual, expected, rtol=1e-4)
+    with pytest.raises(TypeError, match="float32"):
+        diffuse(maps.double(), attn.double(), 1.0, 2, backend="triton")
+    monkeypatch.setattr(interpreted_triton, "_INTERPRETED", False)
+    with pytest.raises(RuntimeError, match="got cpu tensors"):
+        diffuse(maps, attn, 1.0, 2, backend="triton")
