@@ -2,7 +2,8 @@
 
 Prints one table row per setting: forward+backward time of the full 4-block SCM module (16/4/4/4
 Newton-Schulz iterations) with the dense reference of ``tests/reference_scm.py`` and with
-``scm_calib.calibration.SCM`` on each available backend, measured side by side in one run.
+``scm_calib.calibration.SCM`` on each available backend, measured side by side in one run (the
+variants take turns, and the median of the repeats is printed).
 
     python benchmarks/bench_scm_ops.py                  # CPU default: B=16, C=200, 14x14
     python benchmarks/bench_scm_ops.py --device cuda    # adds the Triton backend
@@ -25,19 +26,21 @@ from scm_calib.calibration import SCM  # noqa: E402
 from scm_calib.ops import triton_available  # noqa: E402
 
 
-def _time_ms(step: Callable[[], None], device: torch.device, repeats: int) -> float:
-    """Median wall time of ``step`` in milliseconds, after one warm-up call."""
-    step()
-    times = []
-    for _ in range(repeats):
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        start = time.perf_counter()
+def _time_ms(steps: dict[str, Callable[[], None]], device: torch.device, repeats: int) -> dict[str, float]:
+    """Median wall time of every step in milliseconds; the steps take turns (fair under a shared CPU)."""
+    times: dict[str, list[float]] = {name: [] for name in steps}
+    for step in steps.values():
         step()
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        times.append(1e3 * (time.perf_counter() - start))
-    return statistics.median(times)
+    for _ in range(repeats):
+        for name, step in steps.items():
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+            start = time.perf_counter()
+            step()
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+            times[name].append(1e3 * (time.perf_counter() - start))
+    return {name: statistics.median(values) for name, values in times.items()}
 
 
 def _forward_backward(module: torch.nn.Module, maps: torch.Tensor, attn: torch.Tensor) -> Callable[[], None]:
@@ -69,12 +72,13 @@ def main() -> None:
             torch.manual_seed(0)
             maps = torch.randn(batch, args.classes, h, w, device=device, requires_grad=True)
             attn = torch.rand(batch, h, w, device=device, requires_grad=True)
-            dense = _time_ms(_forward_backward(ReferenceSCM().to(device), maps, attn), device, args.repeats)
-            row = f"{batch:>4} {args.classes:>5} {f'{h}x{w}':>7} {dense:>10.1f}"
+            steps = {"dense": _forward_backward(ReferenceSCM().to(device), maps, attn)}
             for backend in backends:
-                module = SCM(backend=backend).to(device)
-                fast = _time_ms(_forward_backward(module, maps, attn), device, args.repeats)
-                row += f" {fast:>10.1f} {dense / fast:>9.2f}"
+                steps[backend] = _forward_backward(SCM(backend=backend).to(device), maps, attn)
+            times = _time_ms(steps, device, args.repeats)
+            row = f"{batch:>4} {args.classes:>5} {f'{h}x{w}':>7} {times['dense']:>10.1f}"
+            for backend in backends:
+                row += f" {times[backend]:>10.1f} {times['dense'] / times[backend]:>9.2f}"
             print(row)
 
 
