@@ -65,9 +65,11 @@ def stencil_matvec(v: torch.Tensor, centre: torch.Tensor, east: torch.Tensor, so
     return out + F.pad(south * v[..., 1:, :], (0, 0, 0, 1)) + F.pad(south * v[..., :-1, :], (0, 0, 1, 0))
 
 
-def _matvec_inplace(v: torch.Tensor, centre: torch.Tensor, east: torch.Tensor, south: torch.Tensor) -> torch.Tensor:
-    """``stencil_matvec`` without autograd support, written with in-place slice updates (fewer buffers)."""
-    out = centre * v
+def _matvec_inplace(
+    v: torch.Tensor, centre: torch.Tensor, east: torch.Tensor, south: torch.Tensor, out: torch.Tensor | None = None
+) -> torch.Tensor:
+    """``stencil_matvec`` without autograd support, with in-place slice updates (into ``out`` if given)."""
+    out = torch.mul(centre, v, out=out) if out is not None else centre * v
     out[..., :, :-1].addcmul_(east, v[..., :, 1:])
     out[..., :, 1:].addcmul_(east, v[..., :, :-1])
     out[..., :-1, :].addcmul_(south, v[..., 1:, :])
@@ -138,10 +140,11 @@ def _dense_operator(planes: Planes, num_nodes: int) -> torch.Tensor:
     return rows.reshape(batch, num_nodes, num_nodes)
 
 
-def _times_operator(matrix: torch.Tensor, planes: Planes) -> torch.Tensor:
+def _times_operator(matrix: torch.Tensor, planes: Planes, out: torch.Tensor | None = None) -> torch.Tensor:
     """``X M`` for a batch of dense matrices ``X`` (B, N, N), as a stencil on the rows of ``X``."""
     batch, h, w = planes[0].shape
-    rows = _matvec_inplace(matrix.reshape(batch, -1, h, w), *(plane.unsqueeze(1) for plane in planes))
+    rows_out = None if out is None else out.view(batch, -1, h, w)
+    rows = _matvec_inplace(matrix.reshape(batch, -1, h, w), *(plane.unsqueeze(1) for plane in planes), out=rows_out)
     return rows.reshape(matrix.shape)
 
 
@@ -154,16 +157,19 @@ def _pair_entries(matrix: torch.Tensor, h: int, w: int) -> Planes:
     return centre, east, south
 
 
-def _matmul_vec(matrix: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-    """``X v`` for dense (B, N, N) matrices and grid vectors (B, h, w)."""
-    return (matrix @ v.reshape(v.shape[0], -1, 1)).reshape(v.shape)
+def _doubling_sums(vectors: torch.Tensor, residuals: torch.Tensor) -> list[torch.Tensor]:
+    """``S_{2^k} V`` for ``k = 0..K-1``, ``S_n = sum_{j<n} R^j``, from ``residuals[k] = R^(2^k)``.
 
+    Args:
+        vectors: Columns ``V``, shape (B, N, c).
+        residuals: ``R^(2^k)`` (up to rounding symmetric; used as stored), shape (K, B, N, N).
 
-def _doubling_sums(v: torch.Tensor, residuals: torch.Tensor) -> list[torch.Tensor]:
-    """``S_{2^k} v`` for ``k = 0..K-1`` where ``S_n = sum_{j<n} R^j``, from ``residuals[k] = R^(2^k)``."""
-    sums = [v]
+    Returns:
+        ``K`` tensors of shape (B, N, c); ``S_{2n} V = S_n V + R^n S_n V``.
+    """
+    sums = [vectors]
     for residual in residuals[:-1]:
-        sums.append(sums[-1] + _matmul_vec(residual, sums[-1]))
+        sums.append(torch.baddbmm(sums[-1], residual, sums[-1]))
     return sums
 
 
@@ -171,10 +177,12 @@ class _NewtonSchulzDiffusion(torch.autograd.Function):
     """Newton-Schulz on dense ``P`` with stencil products, and a backward with one matmul per iteration.
 
     Forward: ``T = P^T``, ``T_0 = alpha M``, ``T_{k+1} = 2 T_k - (T_k M) T_k`` with ``T_k M`` a stencil on
-    the rows of ``T_k``; ``u = T_K a``. The residuals ``E_k = I - M P_k = R^(2^k)`` (``R = I - alpha M^2``)
-    are kept. Backward (``P_0`` detached): the loss gradient with respect to ``M`` is ``-alpha^2 M F M``
-    with ``F = sum_{m+l<=n-2} R^m a g^T R^l``, ``n = 2^K``; its symmetric part ``Fs = F + F^T`` obeys
-    ``Fs_{2n} = E Fs_n + (E Fs_n)^T + S_n a (S_n g)^T + S_n g (S_n a)^T`` with ``S_n = sum_{j<n} R^j``.
+    the rows of ``T_k``, i.e. ``T_{k+1} = T_k + E_k^T T_k``; ``u = T_K a``. The residuals
+    ``E_k = I - M P_k = R^(2^k)`` (``R = I - alpha M^2``) are kept. Backward (``P_0`` detached): the loss
+    gradient with respect to ``M`` is ``-alpha^2 M F M`` with ``F = sum_{m+l<=n-2} R^m a g^T R^l``,
+    ``n = 2^K``. Its symmetric part ``W = M (F + F^T) M`` obeys
+    ``W_{2n} = E W_n + (E W_n)^T + M S_n a (M S_n g)^T + M S_n g (M S_n a)^T`` with ``S_n = sum_{j<n} R^j``
+    (one matmul per level); working on ``M F M`` rather than ``F`` keeps the float32 terms balanced.
     """
 
     @staticmethod
@@ -191,15 +199,13 @@ class _NewtonSchulzDiffusion(torch.autograd.Function):
         batch, h, w = attn.shape
         n = h * w
         transposed = alpha * _dense_operator(planes, n)
-        identity = torch.eye(n, dtype=attn.dtype, device=attn.device)
         residuals = attn.new_empty((num_iters, batch, n, n))
-        for k in range(num_iters):
-            times_m = _times_operator(transposed, planes)
-            torch.sub(identity, times_m, out=residuals[k])
-            transposed = torch.baddbmm(transposed, times_m, transposed, beta=2.0, alpha=-1.0)
+        for residual in residuals:
+            _times_operator(transposed, planes, out=residual).neg_().diagonal(dim1=1, dim2=2).add_(1.0)
+            transposed = torch.baddbmm(transposed, residual, transposed)
         ctx.save_for_backward(attn, centre, east, south, residuals, transposed)
         ctx.alpha = alpha
-        return _matmul_vec(transposed, attn)
+        return (transposed @ attn.reshape(batch, n, 1)).reshape(batch, h, w)
 
     @staticmethod
     @torch.autograd.function.once_differentiable
@@ -208,17 +214,17 @@ class _NewtonSchulzDiffusion(torch.autograd.Function):
         planes = (centre, east, south)
         alpha = ctx.alpha
         batch, h, w = attn.shape
-        grad_u = grad_u.contiguous()
-        grad_attn = _matmul_vec(transposed.transpose(1, 2), grad_u)
+        grad_u = grad_u.reshape(batch, -1, 1)
+        grad_attn = (transposed.transpose(1, 2) @ grad_u).reshape(batch, h, w)
         if not any(ctx.needs_input_grad[1:4]):
             return grad_attn, None, None, None, None, None
-        sums = zip(_doubling_sums(attn, residuals), _doubling_sums(grad_u, residuals), strict=True)
-        pairs = [torch.stack((a.reshape(batch, -1), g.reshape(batch, -1)), dim=2) for a, g in sums]
-        sym = pairs[0] @ pairs[0].flip(2).transpose(1, 2)
+        vectors = torch.stack((attn, grad_u.view(batch, h, w)), dim=1)
+        weighted = _matvec_inplace(vectors, *(plane.unsqueeze(1) for plane in planes)).reshape(batch, 2, -1).mT
+        pairs = _doubling_sums(weighted, residuals)
+        sandwich = pairs[0] @ pairs[0].flip(2).transpose(1, 2)
         for residual, pair in zip(residuals[1:], pairs[1:], strict=True):
-            half = residual @ sym
-            sym = torch.baddbmm(half + half.transpose(1, 2), pair, pair.flip(2).transpose(1, 2))
-        sandwich = _times_operator(_times_operator(sym, planes).transpose(1, 2), planes)
+            half = residual @ sandwich
+            sandwich = torch.baddbmm(half + half.transpose(1, 2), pair, pair.flip(2).transpose(1, 2))
         grad_centre, grad_east, grad_south = _pair_entries(sandwich, h, w)
         scale = -(alpha**2)
         return grad_attn, 0.5 * scale * grad_centre, scale * grad_east, scale * grad_south, None, None
