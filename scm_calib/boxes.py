@@ -24,7 +24,8 @@ component), and "largest" means the most foreground pixels rather than the large
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from typing import NamedTuple
 
 import numpy as np
@@ -81,6 +82,8 @@ class _Components(NamedTuple):
     y1: Tensor
     area: Tensor
     contour_area: Tensor
+    start_x: Tensor
+    start_row: Tensor
 
 
 def wsol_thresholds(step: float = 0.01) -> Tensor:
@@ -247,7 +250,7 @@ def _runs(quantized: Tensor, levels: Tensor) -> tuple[Tensor, Tensor, Tensor, Te
     return starts, torch.div(image_row, h, rounding_mode="floor"), image_row % h, level, x0, x1
 
 
-def _components(quantized: Tensor, levels: Tensor, eight_connected: bool = True) -> _Components:
+def _components(quantized: Tensor, levels: Tensor, eight_connected: bool = True) -> tuple[_Components, Tensor, Tensor]:
     """Connected components of ``quantized > level`` for every map and every level.
 
     Args:
@@ -256,9 +259,10 @@ def _components(quantized: Tensor, levels: Tensor, eight_connected: bool = True)
         eight_connected: 8-connectivity (foreground blobs) or 4-connectivity (holes).
 
     Returns:
-        One row per component, with its map, level index, inclusive pixel extents, pixel count and the
-        area of the polygon through its boundary pixel centres (OpenCV's ``contourArea`` of its outer
-        contour, exact for blobs whose rows are single runs).
+        One row per component, with its map, level index, inclusive pixel extents, pixel count, the
+        area of its contour polygon (for blobs, through their boundary pixels' centres, holes not
+        included; for holes, through the centres of the foreground pixels around them) and its first
+        pixel in raster order. Then the sorted end keys (R,) of the runs and each run's component (R,).
     """
     _, h, w = quantized.shape
     num_levels = levels.numel()
@@ -269,7 +273,8 @@ def _components(quantized: Tensor, levels: Tensor, eight_connected: bool = True)
     device = keys.device
     if num_runs == 0:
         empty = keys.new_zeros(0)
-        return _Components(empty, empty, empty, empty, empty, empty, empty, empty.double())
+        fields = [empty] * 7 + [empty.double()] + [empty] * 2
+        return _Components(*fields), empty, empty
     # Runs of the next row (same map, same level) touching [x0 - reach, x1 + reach] form a contiguous range.
     next_row = (keys - x0 - 1) + num_levels * stride_x
     end_keys = keys - x0 + x1
@@ -293,17 +298,32 @@ def _components(quantized: Tensor, levels: Tensor, eight_connected: bool = True)
     def reduce(values: Tensor, how: str, index: Tensor = comp) -> Tensor:
         return values.new_zeros(n).scatter_reduce_(0, index, values, how, include_self=False)
 
-    # Polygon area between two touching runs (a..c above, b..d below): the boundary moves one pixel
-    # diagonally per row, so each side's edge runs from max(a, b - 1) to max(b, a - 1) (left) and
-    # from min(c, d + 1) to min(d, c + 1) (right).
     span = (last - first + 1).clamp(min=0) * touching
     upper = torch.repeat_interleave(runs, span)
     lower = first[upper] + torch.arange(upper.numel(), device=device) - (torch.cumsum(span, 0) - span)[upper]
     a, c, b, d = x0[upper], x1[upper], x0[lower], x1[lower]
-    top = torch.minimum(c, d + 1) - torch.maximum(a, b - 1)
-    bottom = torch.minimum(d, c + 1) - torch.maximum(b, a - 1)
-    strip = ((top + bottom).clamp(min=0) / 2).to(torch.float64)
-    return _Components(
+    if eight_connected:
+        # Polygon through the blob's boundary pixels between touching runs a..c (above) and b..d (below):
+        # it moves one pixel diagonally per row, so the left edge runs from max(a, b - 1) to
+        # max(b, a - 1) and the right edge from min(c, d + 1) to min(d, c + 1).
+        top = torch.minimum(c, d + 1) - torch.maximum(a, b - 1)
+        bottom = torch.minimum(d, c + 1) - torch.maximum(b, a - 1)
+        strip = ((top + bottom).clamp(min=0) / 2).to(torch.float64)
+        caps = torch.zeros(0, dtype=torch.float64, device=device)
+        cap_runs = caps.long()
+    else:
+        # Polygon through the foreground pixels around a hole: it passes one pixel outside each run, and
+        # a run with no hole run above (below) adds a cap of its length.
+        top = torch.maximum(c + 1, d) - torch.minimum(a - 1, b)
+        bottom = torch.maximum(d + 1, c) - torch.minimum(b - 1, a)
+        strip = ((top + bottom) / 2).to(torch.float64)
+        has_above = torch.zeros(num_runs, dtype=torch.int64, device=device).index_fill_(0, lower, 1)
+        open_sides = (1 - has_above) + (1 - touching.long())
+        cap_runs = runs
+        caps = (open_sides * (x1 - x0 + 1)).to(torch.float64)
+    contour_area = torch.zeros(n, dtype=torch.float64, device=device)
+    contour_area.index_add_(0, comp[upper], strip).index_add_(0, comp[cap_runs], caps)
+    components = _Components(
         batch_index=image[roots],
         level_index=level[roots],
         x0=reduce(x0, "amin"),
@@ -311,8 +331,11 @@ def _components(quantized: Tensor, levels: Tensor, eight_connected: bool = True)
         x1=reduce(x1, "amax"),
         y1=reduce(row, "amax"),
         area=reduce(x1 - x0 + 1, "sum"),
-        contour_area=torch.zeros(n, dtype=torch.float64, device=device).index_add_(0, comp[upper], strip),
+        contour_area=contour_area,
+        start_x=x0[roots],
+        start_row=row[roots],
     )
+    return components, end_keys, comp
 
 
 def _holes(quantized: Tensor, levels: Tensor) -> _Components:
@@ -323,10 +346,23 @@ def _holes(quantized: Tensor, levels: Tensor) -> _Components:
     """
     h, w = quantized.shape[-2:]
     # Background q <= level is (255 - q) > 254 - level; reversed so that the levels stay ascending.
-    holes = _components(255 - quantized, (254 - levels).flip(0), eight_connected=False)
+    holes, _, _ = _components(255 - quantized, (254 - levels).flip(0), eight_connected=False)
     inside = (holes.x0 > 0) & (holes.y0 > 0) & (holes.x1 < w - 1) & (holes.y1 < h - 1)
     holes = _Components(*(field[inside] for field in holes))
     return holes._replace(level_index=levels.numel() - 1 - holes.level_index)
+
+
+def _blob_components(quantized: Tensor, levels: Tensor) -> tuple[_Components, _Components]:
+    """Blobs and holes; each blob's contour area includes the contour areas of its holes, like OpenCV's."""
+    blobs, end_keys, comp = _components(quantized, levels)
+    holes = _holes(quantized, levels)
+    if holes.x0.numel():
+        # The pixel left of a hole's first pixel ends a run of the blob around the hole.
+        h, w = quantized.shape[-2:]
+        row_key = (holes.batch_index * h + holes.start_row) * levels.numel() + holes.level_index
+        run = torch.searchsorted(end_keys, row_key * (w + 2) + holes.start_x)
+        blobs.contour_area.index_add_(0, comp[run], holes.contour_area)
+    return blobs, holes
 
 
 def _union_find(num_nodes: int, src: Tensor, dst: Tensor) -> Tensor:
@@ -381,9 +417,8 @@ def _blobs(quantized: Tensor, levels: Tensor, holes: bool) -> _Blobs:
     ``[x0 - 1, y0 - 1, x1 + 2, y1 + 2]``; both clipped to ``W - 1``, ``H - 1``.
     """
     h, w = quantized.shape[-2:]
-    parts = [(_components(quantized, levels), 0)]
-    if holes:
-        parts.append((_holes(quantized, levels), 1))
+    blobs, hole_rows = _blob_components(quantized, levels)
+    parts = [(blobs, 0)] + ([(hole_rows, 1)] if holes else [])
     rows = []
     for comps, grow in parts:
         boxes = torch.stack(
@@ -402,15 +437,18 @@ def _blobs(quantized: Tensor, levels: Tensor, holes: bool) -> _Blobs:
 
 
 def _largest(blobs: _Blobs, num_slots: int) -> Tensor:
-    """Index of the blob of largest contour area in each slot (first on ties), -1 for an empty slot."""
+    """Index of the blob of largest contour area in each slot, -1 for an empty slot.
+
+    Ties go to the blob that starts last in raster order, as ``max()`` over OpenCV's contour list (which
+    lists contours in reverse raster order of their starting pixel) picks it.
+    """
     area = torch.where(blobs.hole, -1.0, blobs.contour_area)
     most = torch.full((num_slots,), -1.0, dtype=torch.float64, device=area.device)
     most.scatter_reduce_(0, blobs.slot, area, "amax")
     is_max = (area == most[blobs.slot]) & ~blobs.hole
     index = torch.arange(area.numel(), device=area.device)
-    best = torch.full((num_slots,), area.numel(), dtype=torch.int64, device=area.device)
-    best.scatter_reduce_(0, blobs.slot[is_max], index[is_max], "amin")
-    return torch.where(best == area.numel(), -1, best)
+    best = torch.full((num_slots,), -1, dtype=torch.int64, device=area.device)
+    return best.scatter_reduce_(0, blobs.slot[is_max], index[is_max], "amax")
 
 
 def blob_boxes(
@@ -419,6 +457,7 @@ def blob_boxes(
     largest_only: bool = False,
     holes: bool = True,
     chunk_size: int = 16,
+    num_threads: int | None = 1,
 ) -> BlobBoxes:
     """Boxes of the blobs of quantised maps for a whole threshold sweep.
 
@@ -430,11 +469,24 @@ def blob_boxes(
         holes: With ``largest_only=False``, also give the boxes of the holes' contours, as OpenCV's
             ``RETR_TREE`` does (they lie inside their blob's box).
         chunk_size: Maps processed at once; bounds memory.
+        num_threads: Intra-op threads for CPU tensors during the call (``None``: torch's setting).
+            One is fastest on small or busy machines; parallelise over processes instead.
 
     Returns:
         The boxes, with their map and threshold indices and pixel counts (0 for holes).
     """
     _check_quantized(quantized)
+    with _cpu_threads(quantized.device, num_threads):
+        return _blob_boxes(quantized, thresholds, largest_only, holes, chunk_size)
+
+
+def _blob_boxes(
+    quantized: Tensor,
+    thresholds: Tensor | Sequence[float] | None,
+    largest_only: bool,
+    holes: bool,
+    chunk_size: int,
+) -> BlobBoxes:
     taus = _as_thresholds(wsol_thresholds() if thresholds is None else thresholds, quantized.device)
     num_taus = taus.numel()
     device = quantized.device
@@ -476,6 +528,7 @@ def boxes_from_maps(
     largest_only: bool = False,
     holes: bool = True,
     chunk_size: int = 16,
+    num_threads: int | None = 1,
 ) -> BlobBoxes:
     """Score maps to boxes over a threshold sweep: resize, normalise, quantise, threshold, blobs.
 
@@ -488,6 +541,7 @@ def boxes_from_maps(
         holes: With ``largest_only=False``, also give the boxes of the holes' contours (OpenCV's
             ``RETR_TREE``).
         chunk_size: Maps processed at once; bounds memory.
+        num_threads: Intra-op threads for CPU tensors during the sweep (``None``: torch's setting).
 
     Returns:
         The boxes with their map and threshold indices and pixel counts.
@@ -498,7 +552,7 @@ def boxes_from_maps(
         tensor([[1, 2, 6, 4]])
     """
     quantized = prepare_maps(maps, size, interpolation)
-    return blob_boxes(quantized, thresholds, largest_only, holes, chunk_size)
+    return blob_boxes(quantized, thresholds, largest_only, holes, chunk_size, num_threads)
 
 
 def box_iou(boxes_a: Tensor, boxes_b: Tensor) -> Tensor:
@@ -563,6 +617,7 @@ def best_box_iou(
     thresholds: Tensor | Sequence[float] | None = None,
     holes: bool = True,
     chunk_size: int = 16,
+    num_threads: int | None = 1,
 ) -> tuple[Tensor, Tensor]:
     """Best IoU with the ground truth of each map at each threshold, largest blob and all blobs.
 
@@ -572,6 +627,7 @@ def best_box_iou(
         thresholds: (T,) thresholds ``tau``; default :func:`wsol_thresholds` (step 0.01).
         holes: Count the boxes of hole contours among all blobs, as OpenCV's ``RETR_TREE`` does.
         chunk_size: Maps processed at once; bounds memory.
+        num_threads: Intra-op threads for CPU tensors during the call (``None``: torch's setting).
 
     Returns:
         (B, T) float64 IoU of the largest blob's box with its best ground-truth box (MaxBoxAcc), and
@@ -583,6 +639,13 @@ def best_box_iou(
         raise ValueError(f"got {len(gt_boxes)} ground-truth box sets for {quantized.shape[0]} maps; pass one per map.")
     taus = _as_thresholds(wsol_thresholds() if thresholds is None else thresholds, quantized.device)
     gt, valid = pad_boxes(gt_boxes, quantized.device)
+    with _cpu_threads(quantized.device, num_threads):
+        return _best_box_iou(quantized, gt, valid, taus, holes, chunk_size)
+
+
+def _best_box_iou(
+    quantized: Tensor, gt: Tensor, valid: Tensor, taus: Tensor, holes: bool, chunk_size: int
+) -> tuple[Tensor, Tensor]:
     largest_parts, all_parts = [], []
     for chunk in _chunks(quantized.shape[0], chunk_size):
         q, gt_chunk, valid_chunk = quantized[chunk], gt[chunk], valid[chunk]
@@ -625,6 +688,24 @@ def scale_boxes(boxes: Tensor, original_size: tuple[int, int], size: tuple[int, 
         raise ValueError(f"sizes must be positive (W, H), got original_size={original_size}, size={size}.")
     scale = torch.tensor([w1 / w0, h1 / h0, w1 / w0, h1 / h0], dtype=torch.float64, device=boxes.device)
     return torch.trunc(boxes.to(torch.float64) * scale).to(torch.int64)
+
+
+@contextmanager
+def _cpu_threads(device: torch.device, num_threads: int | None) -> Iterator[None]:
+    """Run CPU work with ``num_threads`` intra-op threads (``None``: leave torch's setting).
+
+    The sweep is many short vectorised ops; with several threads on a busy machine, OpenMP's thread
+    hand-offs cost more than the ops themselves (measured 50x slower on 2 loaded cores).
+    """
+    previous = torch.get_num_threads()
+    change = device.type == "cpu" and num_threads is not None and num_threads != previous
+    if change:
+        torch.set_num_threads(num_threads)
+    try:
+        yield
+    finally:
+        if change:
+            torch.set_num_threads(previous)
 
 
 def _check_quantized(quantized: Tensor) -> None:

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from scm_calib.boxes import BlobBoxes, box_iou, wsol_thresholds
+from scm_calib.boxes import BlobBoxes, wsol_thresholds
 
 __all__ = ["best_box_iou_cv2", "blob_boxes_cv2", "map_boxes_cv2", "prepare_maps_cv2"]
 
@@ -153,10 +153,21 @@ def best_box_iou_cv2(
     largest = torch.zeros(len(q), len(taus), dtype=torch.float64)
     every = torch.zeros(len(q), len(taus), dtype=torch.float64)
     for b, cam in enumerate(q):
-        gt = torch.as_tensor(gt_boxes[b]).reshape(-1, 4).cpu()
+        gt = torch.as_tensor(gt_boxes[b]).reshape(-1, 4).cpu().numpy().astype(np.float64)
         for t, tau in enumerate(taus):
             found, areas = _contour_boxes(cam, float(tau))
-            iou = box_iou(torch.from_numpy(found), gt).amax(dim=1)
-            every[b, t] = iou.max()
-            largest[b, t] = iou[int(np.argmax(areas))]
+            iou = _iou_numpy(found, gt).max(axis=1)
+            every[b, t] = float(iou.max())
+            largest[b, t] = float(iou[int(np.argmax(areas))])
     return largest, every
+
+
+def _iou_numpy(boxes_a: np.ndarray, boxes_b: np.ndarray) -> np.ndarray:
+    """(N, M) IoU of (N, 4) and (M, 4) boxes, inclusive convention, as wsolevaluation computes it."""
+    a, b = boxes_a[:, None].astype(np.float64), boxes_b[None]
+    iw = np.clip(np.minimum(a[..., 2], b[..., 2]) - np.maximum(a[..., 0], b[..., 0]) + 1, 0, None)
+    ih = np.clip(np.minimum(a[..., 3], b[..., 3]) - np.maximum(a[..., 1], b[..., 1]) + 1, 0, None)
+    inter = iw * ih
+    area_a = (a[..., 2] - a[..., 0] + 1) * (a[..., 3] - a[..., 1] + 1)
+    area_b = (b[..., 2] - b[..., 0] + 1) * (b[..., 3] - b[..., 1] + 1)
+    return inter / (area_a + area_b - inter)

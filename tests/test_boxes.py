@@ -1,0 +1,173 @@
+"""Tests of scm_calib.boxes: hand-built maps with known boxes, and the torch path against OpenCV."""
+
+import numpy as np
+import pytest
+import torch
+
+from scm_calib import boxes as B
+
+cv2_backend = pytest.importorskip("scm_calib.boxes_cv2")
+
+
+def _box_set(result: B.BlobBoxes, image: int = 0, threshold: int = 0) -> list[list[int]]:
+    keep = (result.batch_index == image) & (result.threshold_index == threshold)
+    return sorted(result.boxes[keep].tolist())
+
+
+def _cv2_set(quantized: torch.Tensor, tau: float) -> list[list[int]]:
+    return sorted(cv2_backend.map_boxes_cv2(quantized.numpy(), tau, largest_only=False).tolist())
+
+
+def test_box_iou_inclusive_convention() -> None:
+    iou = B.box_iou(torch.tensor([[1, 2, 5, 6]]), torch.tensor([[3, 1, 4, 5], [1, 2, 5, 6], [6, 7, 8, 9]]))
+    assert iou[0, 0].item() == pytest.approx(8 / 27, abs=1e-15)
+    assert iou[0, 1].item() == 1.0
+    assert iou[0, 2].item() == 0.0
+
+
+def test_single_rectangle_gives_one_pixel_wider_box() -> None:
+    maps = torch.zeros(1, 10, 12)
+    maps[0, 2:5, 3:8] = 1.0  # x 3..7, y 2..4
+    result = B.boxes_from_maps(maps, thresholds=[0.5])
+    assert result.boxes.tolist() == [[3, 2, 8, 5]]
+    assert result.area.tolist() == [15]
+    assert _box_set(result) == _cv2_set(B.prepare_maps(maps)[0], 0.5)
+
+
+def test_two_blobs_all_and_largest() -> None:
+    maps = torch.zeros(1, 16, 16)
+    maps[0, 1:3, 1:3] = 1.0
+    maps[0, 8:14, 6:12] = 0.9
+    quantized = B.prepare_maps(maps)
+    every = B.blob_boxes(quantized, thresholds=[0.5])
+    assert _box_set(every) == [[1, 1, 3, 3], [6, 8, 12, 14]] == _cv2_set(quantized[0], 0.5)
+    largest = B.blob_boxes(quantized, thresholds=[0.5, 0.95], largest_only=True)
+    assert largest.boxes.tolist() == [[6, 8, 12, 14], [1, 1, 3, 3]]
+
+
+def test_diagonal_pixels_are_one_blob() -> None:
+    quantized = torch.zeros(1, 6, 6, dtype=torch.uint8)
+    quantized[0, 1, 1] = quantized[0, 2, 2] = quantized[0, 3, 3] = 255
+    result = B.blob_boxes(quantized, thresholds=[0.5])
+    assert _box_set(result) == [[1, 1, 4, 4]] == _cv2_set(quantized[0], 0.5)
+
+
+def test_ring_gives_outer_and_hole_boxes_like_opencv() -> None:
+    quantized = torch.zeros(1, 12, 12, dtype=torch.uint8)
+    quantized[0, 2:9, 2:10] = 200
+    quantized[0, 4:7, 5:7] = 0  # hole x 5..6, y 4..6
+    with_holes = B.blob_boxes(quantized, thresholds=[0.5])
+    assert _box_set(with_holes) == [[2, 2, 10, 9], [4, 3, 8, 8]] == _cv2_set(quantized[0], 0.5)
+    assert _box_set(B.blob_boxes(quantized, thresholds=[0.5], holes=False)) == [[2, 2, 10, 9]]
+
+
+def test_holes_are_four_connected_and_border_background_is_no_hole() -> None:
+    quantized = torch.full((1, 7, 7), 255, dtype=torch.uint8)
+    quantized[0, 2:4, 2] = 0
+    quantized[0, 4, 3] = 0  # touches the other hole only diagonally: a second hole
+    quantized[0, 3, 5:7] = 0  # reaches the border: not a hole
+    result = B.blob_boxes(quantized, thresholds=[0.5])
+    assert _box_set(result) == _cv2_set(quantized[0], 0.5)
+    assert len(_box_set(result)) == 3
+
+
+def test_map_touching_the_border_is_clipped() -> None:
+    maps = torch.zeros(1, 8, 9)
+    maps[0, 5:, 6:] = 1.0
+    result = B.boxes_from_maps(maps, thresholds=[0.5])
+    assert result.boxes.tolist() == [[6, 5, 8, 7]]
+    assert _box_set(result) == _cv2_set(B.prepare_maps(maps)[0], 0.5)
+
+
+@pytest.mark.parametrize("value", [0.0, 3.5, float("nan")])
+def test_constant_or_nan_map_has_no_foreground(value: float) -> None:
+    maps = torch.full((1, 6, 6), value)
+    maps[0, 0, 0] = value if value == value else 1.0  # one NaN is enough to zero a map
+    assert B.normalize_maps(maps).abs().sum() == 0
+    result = B.boxes_from_maps(maps, thresholds=[0.0, 0.5])
+    assert result.boxes.tolist() == [[0, 0, 0, 0], [0, 0, 0, 0]]
+    assert result.area.tolist() == [0, 0]
+
+
+def test_threshold_is_strict_and_truncated() -> None:
+    quantized = torch.zeros(1, 6, 6, dtype=torch.uint8)
+    quantized[0, 1, 1:3] = 127  # int(0.5 * 255) = 127: background at tau = 0.5
+    quantized[0, 4, 4] = 255
+    assert B.threshold_levels(quantized, [0.5]).tolist() == [[127]]
+    assert _box_set(B.blob_boxes(quantized, thresholds=[0.5])) == [[4, 4, 5, 5]]
+    assert _box_set(B.blob_boxes(quantized, thresholds=[0.49])) == [[1, 1, 3, 2], [4, 4, 5, 5]]
+
+
+def test_quantisation_truncates() -> None:
+    maps = torch.tensor([[[0.0, 0.5, 0.999, 1.0]]])
+    assert B.quantize_maps(maps).tolist() == [[[0, 127, 254, 255]]]
+
+
+def test_threshold_levels_match_numpy_int() -> None:
+    taus = B.wsol_thresholds(0.001)
+    quantized = torch.tensor([[[0, 255]], [[0, 200]]], dtype=torch.uint8)
+    expected = [[int(t * m) for t in np.arange(0, 1, 0.001)] for m in (np.uint8(255), np.uint8(200))]
+    assert B.threshold_levels(quantized, taus).tolist() == expected
+
+
+def test_chunking_and_batching_do_not_change_boxes() -> None:
+    torch.manual_seed(0)
+    quantized = B.prepare_maps(torch.rand(5, 5, 5), size=(24, 24))
+    whole = B.blob_boxes(quantized, chunk_size=16)
+    for chunk_size in (1, 2):
+        part = B.blob_boxes(quantized, chunk_size=chunk_size)
+        assert all(torch.equal(a, b) for a, b in zip(whole, part, strict=True))
+
+
+def test_largest_only_has_one_row_per_map_and_threshold() -> None:
+    torch.manual_seed(1)
+    quantized = B.prepare_maps(torch.rand(3, 6, 6), size=(30, 30))
+    result = B.blob_boxes(quantized, largest_only=True)
+    assert result.boxes.shape == (3 * 100, 4)
+    assert result.threshold_index.view(3, 100).tolist() == [list(range(100))] * 3
+
+
+def test_scale_boxes_truncates() -> None:
+    boxes = torch.tensor([[10.7, 20.2, 300.0, 499.0]])
+    scaled = B.scale_boxes(boxes, original_size=(500, 500))
+    assert scaled.tolist() == [[int(10.7 * 224 / 500), int(20.2 * 224 / 500), 134, 223]]
+
+
+def test_bad_inputs_say_what_to_do() -> None:
+    with pytest.raises(ValueError, match="shape \\(B, H, W\\)"):
+        B.boxes_from_maps(torch.zeros(4, 4))
+    with pytest.raises(TypeError, match="prepare_maps"):
+        B.blob_boxes(torch.zeros(1, 4, 4))
+    with pytest.raises(ValueError, match="at least one"):
+        B.best_box_iou(torch.zeros(1, 4, 4, dtype=torch.uint8), [torch.zeros(0, 4)])
+
+
+def test_torch_path_matches_opencv_on_random_smooth_maps() -> None:
+    """1,000 CAM-like maps (7x7 or 14x14 noise, bicubic to 40x40), random ground-truth boxes."""
+    generator = torch.Generator().manual_seed(0)
+    size = 40
+    grids = [torch.rand(500, g, g, generator=generator) for g in (7, 14)]
+    quantized = torch.cat([B.prepare_maps(grid, size=(size, size)) for grid in grids])
+    corners = torch.randint(0, size, (len(quantized), 2, 2), generator=generator).sort(dim=1).values
+    gt = [c.flatten()[None] for c in corners]  # [[x0, y0], [x1, y1]] -> [x0, y0, x1, y1]
+
+    largest, every = B.best_box_iou(quantized, gt)
+    largest_cv2, every_cv2 = cv2_backend.best_box_iou_cv2(quantized, gt)
+
+    def max_box_acc(iou: torch.Tensor, deltas: tuple[float, ...]) -> float:
+        return float(np.mean([(iou >= d).double().mean(0).max() * 100 for d in deltas]))
+
+    assert abs(max_box_acc(every, (0.3, 0.5, 0.7)) - max_box_acc(every_cv2, (0.3, 0.5, 0.7))) <= 0.1
+    assert abs(max_box_acc(largest, (0.5,)) - max_box_acc(largest_cv2, (0.5,))) <= 0.2
+    assert (every.amax(1) == every_cv2.amax(1)).double().mean() >= 0.995
+    assert (largest.amax(1) == largest_cv2.amax(1)).double().mean() >= 0.995
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cuda_matches_cpu() -> None:
+    torch.manual_seed(0)
+    quantized = B.prepare_maps(torch.rand(4, 7, 7), size=(56, 56))
+    gt = [torch.tensor([[5, 5, 30, 40]])] * 4
+    cpu = B.best_box_iou(quantized, gt)
+    gpu = B.best_box_iou(quantized.cuda(), [g.cuda() for g in gt])
+    assert all(torch.equal(a, b.cpu()) for a, b in zip(cpu, gpu, strict=True))
