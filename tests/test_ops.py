@@ -174,6 +174,7 @@ def interpreted_triton(monkeypatch: pytest.MonkeyPatch) -> Iterator[ModuleType]:
     monkeypatch.setenv("TRITON_INTERPRET", "1")
     module = importlib.reload(importlib.import_module("scm_calib.ops.triton_kernels"))
     yield module
+    monkeypatch.undo()
     if os.environ.get("TRITON_INTERPRET") != "1":
         importlib.reload(module)
 
