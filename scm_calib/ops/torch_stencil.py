@@ -200,8 +200,9 @@ class _NewtonSchulzDiffusion(torch.autograd.Function):
         n = h * w
         transposed = alpha * _dense_operator(planes, n)
         residuals = attn.new_empty((num_iters, batch, n, n))
+        negated = tuple(-plane for plane in planes)
         for residual in residuals:
-            _times_operator(transposed, planes, out=residual).neg_().diagonal(dim1=1, dim2=2).add_(1.0)
+            _times_operator(transposed, negated, out=residual).diagonal(dim1=1, dim2=2).add_(1.0)
             transposed = torch.baddbmm(transposed, residual, transposed)
         ctx.save_for_backward(attn, centre, east, south, residuals, transposed)
         ctx.alpha = alpha
