@@ -229,16 +229,16 @@ def _runs(quantized: Tensor, levels: Tensor) -> tuple[Tensor, Tensor, Tensor, Te
     stride_x = w + 2
 
     def events(first: Tensor, last: Tensor, shift: int) -> Tensor:
-        n = (last - first).clamp(min=0)
-        where = n.nonzero()
-        n_sel = n[where[:, 0], where[:, 1], where[:, 2]].long()
-        first_sel = first[where[:, 0], where[:, 1], where[:, 2]].long()
-        group = torch.repeat_interleave(torch.arange(where.shape[0], device=q.device), n_sel)
+        n = (last - first).clamp(min=0).flatten()  # (B * H * (W + 1),) levels changing at each pair
+        pair = n.nonzero()[:, 0]
+        n_sel = n[pair].long()
+        group = torch.repeat_interleave(n_sel)
         offset = torch.arange(group.numel(), device=q.device) - (torch.cumsum(n_sel, 0) - n_sel)[group]
-        level = first_sel[group] + offset
-        where = where[group]
-        row_key = (where[:, 0] * h + where[:, 1]) * num_levels + level
-        return torch.sort(row_key * stride_x + where[:, 2] + shift).values
+        level = first.flatten()[pair].long()[group] + offset
+        pair = pair[group]
+        image_row = torch.div(pair, w + 1, rounding_mode="floor")
+        row_key = image_row * num_levels + level
+        return torch.sort(row_key * stride_x + (pair - image_row * (w + 1)) + shift).values
 
     starts = events(left, right, 1)  # pair j is (x = j - 1, x = j): a run starts at x = j, key x + 1
     ends = events(right, left, 0)  # a run ends at x = j - 1, key x + 1
