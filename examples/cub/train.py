@@ -1,0 +1,453 @@
+"""Train a timm ViT with SCM (Bai et al., ECCV 2022) for weakly supervised localization, evaluate it, export it.
+
+With no argument it generates the default dataset, trains a small ViT from scratch on the CPU in minutes and
+writes ``runs/generated-scm-seed0/``: ``config.json``, ``history.json``, ``metrics.json``, ``curves.png``,
+``overlays/*.png``, ``checkpoint.pt`` (every epoch, atomically) and ``model_stripped.safetensors``.
+
+    python examples/cub/train.py                       # SCM on the generated dataset
+    python examples/cub/train.py --baseline            # the same without SCM (TS-CAM style)
+    python examples/cub/train.py --data-root CUB_200_2011 --pretrained        # the paper's CUB recipe
+    torchrun --nproc-per-node 4 examples/cub/train.py --data-root CUB_200_2011 --pretrained
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+from pathlib import Path
+from typing import Any
+
+import timm
+import torch
+from config import PRESETS, TrainConfig, load_config_file
+from timm.optim import create_optimizer_v2
+from timm.scheduler import create_scheduler_v2
+from torch import nn
+
+from scm_calib import CheckpointError, SCMAdapter, UnsupportedModelError, localization_maps, save_weights, viz
+from scm_calib.boxes import boxes_from_maps
+from scm_calib.data import (
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    CUBDataset,
+    DatasetFormatError,
+    WSOLMetadataDataset,
+    collate_wsol,
+    ensure_generated_dataset,
+    wsol_train_transform,
+)
+from scm_calib.engine import (
+    DistributedContext,
+    evaluate,
+    load_checkpoint,
+    rng_state,
+    save_checkpoint,
+    seed_everything,
+    set_rng_state,
+    setup_distributed,
+    shard,
+    train_one_epoch,
+    without_calibration,
+)
+
+CHECKPOINT = "checkpoint.pt"
+
+
+class SetupError(Exception):
+    """A setting that cannot work (missing data, unknown model, ...); reported without a traceback."""
+
+
+def parse_args(argv: list[str] | None = None) -> tuple[TrainConfig, str | None]:
+    """Preset, then ``--config`` JSON, then the command-line options given explicitly.
+
+    Returns:
+        The configuration and the ``--resume`` value (``"auto"``: ``<run>/checkpoint.pt``, a path, or None).
+
+    Raises:
+        SetupError: an unknown preset or a bad config file.
+    """
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], argument_default=argparse.SUPPRESS)
+    parser.add_argument("--preset", choices=sorted(PRESETS), help="default: cub with --data-root, else generated")
+    parser.add_argument("--config", help="JSON file of settings (the fields of config.TrainConfig)")
+    parser.add_argument("--data-root", dest="data_root", help="CUB_200_2011-like folder (default: generated data)")
+    parser.add_argument("--data-cache", dest="data_cache", help="folder of the generated dataset")
+    parser.add_argument("--model", help="timm model name")
+    parser.add_argument("--model-kwargs", dest="model_kwargs", type=json.loads, help="JSON timm.create_model kwargs")
+    parser.add_argument("--pretrained", action="store_true", help="timm pretrained weights from the hub")
+    parser.add_argument("--checkpoint", help="local timm checkpoint for the encoder (offline pretrained)")
+    parser.add_argument("--image-size", dest="image_size", type=int)
+    parser.add_argument("--resize-size", dest="resize_size", type=int)
+    parser.add_argument("--baseline", action="store_true", help="no SCM: the TS-CAM-style baseline")
+    parser.add_argument("--scm-start-epoch", dest="scm_start_epoch", type=int, help="epochs before SCM is on")
+    parser.add_argument("--head", choices=["conv", "linear"])
+    parser.add_argument("--epochs", type=int)
+    parser.add_argument("--batch-size", dest="batch_size", type=int, help="per process")
+    parser.add_argument("--accumulation", type=int, help="micro-batches per optimizer update")
+    parser.add_argument("--lr", type=float)
+    parser.add_argument("--weight-decay", dest="weight_decay", type=float)
+    parser.add_argument("--drop-path", dest="drop_path", type=float)
+    parser.add_argument("--sched", help="timm scheduler name (cosine, step, multistep, ...)")
+    parser.add_argument("--decay-milestones", dest="decay_milestones", type=int, nargs="+", help="multistep epochs")
+    parser.add_argument("--decay-rate", dest="decay_rate", type=float, help="step / multistep factor")
+    parser.add_argument("--warmup-epochs", dest="warmup_epochs", type=int)
+    parser.add_argument("--warmup-lr", dest="warmup_lr", type=float)
+    parser.add_argument("--min-lr", dest="min_lr", type=float)
+    parser.add_argument("--clip-grad", dest="clip_grad", type=float)
+    parser.add_argument("--seed", type=int)
+    parser.add_argument("--workers", type=int)
+    parser.add_argument("--threads", type=int, help="torch CPU threads per process")
+    parser.add_argument("--device", choices=["cuda", "cpu"])
+    parser.add_argument("--compile", action="store_true", help="torch.compile the model")
+    parser.add_argument("--protocol", choices=["wsol", "scm", "tscam"])
+    parser.add_argument("--output", help="folder of the run folders (default: runs)")
+    parser.add_argument("--name", help="run folder name")
+    parser.add_argument("--overlays", type=int, help="test images drawn at the end")
+    parser.add_argument("--stop-after", dest="stop_after", type=int, help="stop after N epochs, as if killed")
+    parser.add_argument("--resume", nargs="?", const="auto", help="continue from <run>/checkpoint.pt or a file")
+    args = vars(parser.parse_args(argv))
+    resume = args.pop("resume", None)
+    preset = args.pop("preset", "cub" if "data_root" in args else "generated")
+    config = PRESETS[preset]
+    config_file = args.pop("config", None)
+    try:
+        if config_file is not None:
+            config = config.updated(load_config_file(config_file), f"config file {config_file}")
+        config = config.updated(args, "command line")
+    except ValueError as err:
+        raise SetupError(str(err)) from err
+    return config, resume
+
+
+def load_datasets(config: TrainConfig, context: DistributedContext) -> dict[str, torch.utils.data.Dataset]:
+    """The train, test and (when the dataset has one) held-out ``val`` datasets.
+
+    Raises:
+        SetupError: the data root does not exist or is not a CUB-like folder.
+    """
+    if config.data_root is None:
+        root = Path(config.data_cache) / "default"
+        if context.is_main:
+            ensure_generated_dataset(root)
+        if context.distributed:
+            torch.distributed.barrier()
+    else:
+        root = Path(config.data_root)
+        if not root.is_dir():
+            raise SetupError(
+                f"--data-root {root} is not a folder; pass the CUB_200_2011 folder (holding images.txt) or leave "
+                "--data-root out to train on the generated dataset."
+            )
+    try:
+        datasets: dict[str, torch.utils.data.Dataset] = {
+            "train": CUBDataset(root, "train", image_size=config.image_size, augment=True, masks=False),
+            "test": CUBDataset(root, "test", image_size=config.image_size, masks=False),
+        }
+        if config.resize_size is not None:
+            datasets["train"].transform = wsol_train_transform(config.image_size, config.resize_size)
+        val_dir = root / "wsol_metadata" / "val"
+        if val_dir.is_dir():
+            datasets["val"] = WSOLMetadataDataset(root / "images", val_dir, image_size=config.image_size)
+    except DatasetFormatError as err:
+        raise SetupError(f"cannot read the dataset at {root}: {err}") from err
+    return datasets
+
+
+def build_model(config: TrainConfig, num_classes: int) -> SCMAdapter:
+    """The timm encoder (pretrained or from a local checkpoint when asked) wrapped in an SCMAdapter.
+
+    Raises:
+        SetupError: an unknown timm model, a model SCM does not support, or an unreadable checkpoint.
+    """
+    if not timm.is_model(config.model):
+        close = timm.list_models(f"*{config.model.split('_')[0]}*")[:5]
+        raise SetupError(f"--model {config.model!r} is not a timm model; similar names: {close or 'none'}.")
+    if config.checkpoint is not None and not Path(config.checkpoint).is_file():
+        raise SetupError(f"--checkpoint {config.checkpoint} does not exist; pass a timm .pth/.safetensors file.")
+    kwargs: dict[str, Any] = dict(config.model_kwargs)
+    if config.checkpoint is not None:
+        kwargs["pretrained_cfg_overlay"] = {"file": str(Path(config.checkpoint).resolve())}
+    try:
+        encoder = timm.create_model(
+            config.model,
+            pretrained=config.pretrained or config.checkpoint is not None,
+            num_classes=num_classes,
+            img_size=config.image_size,
+            drop_path_rate=config.drop_path,
+            **kwargs,
+        )
+    except TypeError as err:
+        raise SetupError(
+            f"timm.create_model({config.model!r}, ...) rejected the arguments ({err}); SCM needs a timm Vision "
+            "Transformer with a class token (vit_*, deit_*, deit3_*, eva02_*, beit_*); check --model-kwargs."
+        ) from err
+    except (RuntimeError, OSError) as err:
+        raise SetupError(f"cannot load the weights of {config.model!r}: {err}") from err
+    try:
+        return SCMAdapter(encoder, head=config.head, scm=None if config.baseline else "default")
+    except UnsupportedModelError as err:
+        raise SetupError(f"--model {config.model!r} cannot be used with SCM: {err}") from err
+
+
+def train_loader(
+    dataset: torch.utils.data.Dataset, config: TrainConfig, context: DistributedContext, epoch: int
+) -> torch.utils.data.DataLoader:
+    """The training loader of one epoch; its order and worker seeds depend on ``(seed, epoch)`` alone."""
+    sampler = torch.utils.data.DistributedSampler(
+        dataset, num_replicas=context.world_size, rank=context.rank, shuffle=True, seed=config.seed
+    )
+    sampler.set_epoch(epoch)
+    return torch.utils.data.DataLoader(
+        dataset,
+        batch_size=config.batch_size,
+        sampler=sampler,
+        num_workers=config.workers,
+        collate_fn=collate_wsol,
+        generator=torch.Generator().manual_seed(config.seed * 100_003 + epoch),
+        pin_memory=context.device.type == "cuda",
+    )
+
+
+def eval_loader(
+    dataset: torch.utils.data.Dataset, config: TrainConfig, context: DistributedContext
+) -> torch.utils.data.DataLoader:
+    """This process's shard of an evaluation set, in order."""
+    return torch.utils.data.DataLoader(
+        shard(dataset, context),
+        batch_size=config.batch_size * 2,
+        num_workers=config.workers,
+        collate_fn=collate_wsol,
+    )
+
+
+def summarize(val: dict[str, Any] | None, test: dict[str, Any], protocol: str) -> dict[str, Any]:
+    """The headline numbers: test metrics as the protocol defines them and, with a held-out split, test read at
+    the thresholds chosen on it (the principled report)."""
+    scalars = {k: v for k, v in test.items() if isinstance(v, (int, float))}
+    summary: dict[str, Any] = {"protocol": protocol, "test": scalars}
+    if val is not None and protocol != "tscam":
+        taus = test["thresholds"]
+        at = {name: int((taus - val[f"best_tau@{name}"]).abs().argmin()) for name in ("30", "50", "70")}
+        v2 = [float(test["curve_v2"][at[name], d]) for d, name in enumerate(("30", "50", "70"))]
+        index = int((taus - val["best_tau"]).abs().argmin())
+        summary["val"] = {k: v for k, v in val.items() if isinstance(v, (int, float))}
+        summary["test_at_val_tau"] = {
+            "MaxBoxAccV2": sum(v2) / 3,
+            "GTKnownLoc": float(test["curve/GTKnownLoc"][index]),
+            "Top1Loc": float(test["curve/Top1Loc"][index]),
+            "tau": float(taus[index]),
+        }
+    return summary
+
+
+def save_curves(history: list[dict[str, float]], path: Path) -> None:
+    """Loss, training accuracy and learning rate per epoch, as one PNG (matplotlib, Agg backend)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    epochs = [row["epoch"] for row in history]
+    figure, axes = plt.subplots(1, 3, figsize=(12, 3.2))
+    for axis, key, label in zip(
+        axes, ("loss", "acc", "lr"), ("training loss", "training accuracy (%)", "lr"), strict=True
+    ):
+        axis.plot(epochs, [row[key] for row in history], marker="o", markersize=3)
+        axis.set_xlabel("epoch")
+        axis.set_title(label)
+        axis.grid(alpha=0.3)
+    figure.tight_layout()
+    figure.savefig(path, dpi=100)
+    plt.close(figure)
+
+
+def save_overlay(
+    image: torch.Tensor, score_map: torch.Tensor, pred: torch.Tensor, gt: torch.Tensor | None, path: Path
+) -> None:
+    """Map over image with predicted (green) and ground-truth (red) boxes, enlarged to at least 224 px.
+
+    Args:
+        image: (3, H, W) float in [0, 1] or uint8.
+        score_map: (H, W) localization map at image resolution.
+        pred: (N, 4) predicted boxes in pixels of the image.
+        gt: (K, 4) ground-truth boxes, or None.
+        path: the PNG to write.
+    """
+    if image.dtype == torch.uint8:
+        image = image.float() / 255
+    scale = max(1, math.ceil(224 / image.shape[-1]))
+    big = image.repeat_interleave(scale, dim=-1).repeat_interleave(scale, dim=-2)
+    big_map = score_map.repeat_interleave(scale, dim=-1).repeat_interleave(scale, dim=-2)
+    upscale = (lambda boxes: boxes * scale + torch.tensor([0, 0, scale - 1, scale - 1])) if scale > 1 else None
+    path.parent.mkdir(parents=True, exist_ok=True)
+    pred_big = pred.cpu() if upscale is None else upscale(pred.cpu())
+    gt_big = None if gt is None else gt.cpu() if upscale is None else upscale(gt.cpu())
+    viz.save_png(path, viz.overlay(big_map, big, pred_boxes=pred_big, gt_boxes=gt_big))
+
+
+def write_figures(
+    run_dir: Path, adapter: SCMAdapter, history: list[dict[str, float]], test_set: Any, count: int, tau: float
+) -> None:
+    """Training curves and, for ``count`` test images spread over the set, the top-1 map with its box at ``tau``
+    (green) and the ground truth (red)."""
+    save_curves(history, run_dir / "curves.png")
+    if count <= 0:
+        return
+    indices = torch.linspace(0, len(test_set) - 1, min(count, len(test_set))).round().long().tolist()
+    batch = collate_wsol([test_set[i] for i in indices])
+    maps = localization_maps(adapter, batch.images, "top1", size="input")
+    found = boxes_from_maps(maps, thresholds=[tau], largest_only=True, holes=False)
+    mean = torch.tensor(IMAGENET_MEAN)[:, None, None]
+    std = torch.tensor(IMAGENET_STD)[:, None, None]
+    for row, index in enumerate(indices):
+        image = (batch.images[row] * std + mean).clamp(0, 1)
+        pred = found.boxes[found.batch_index == row]
+        name = Path(batch.paths[row]).stem
+        save_overlay(
+            image, maps[row], pred, batch.boxes_protocol[row], run_dir / "overlays" / f"{index:05d}_{name}.png"
+        )
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Runs the command line; returns the exit status (2 for a bad setting, reported in one line)."""
+    try:
+        config, resume = parse_args(argv)
+        run(config, resume)
+    except (SetupError, CheckpointError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    return 0
+
+
+def run(config: TrainConfig, resume: str | None = None) -> dict[str, Any]:
+    """Trains, evaluates and exports one run; returns the summary written to ``metrics.json``.
+
+    Args:
+        config: the settings.
+        resume: ``"auto"`` continues from ``<run>/checkpoint.pt``, a path from that file, None starts afresh.
+
+    Raises:
+        SetupError: data, model or checkpoint settings that cannot work.
+    """
+    try:
+        context = setup_distributed(config.device)
+    except ValueError as err:
+        raise SetupError(str(err)) from err
+    if config.threads is not None:
+        torch.set_num_threads(config.threads)
+    seed_everything(config.seed + context.rank)
+    run_dir = Path(config.output) / config.run_name
+    datasets = load_datasets(config, context)
+    num_classes = datasets["train"].num_classes
+    adapter = build_model(config, num_classes).to(context.device)
+    shard_size = math.ceil(len(datasets["train"]) / context.world_size)
+    updates_per_epoch = math.ceil(math.ceil(shard_size / config.batch_size) / config.accumulation)
+    optimizer = create_optimizer_v2(adapter, "adamw", lr=config.lr, weight_decay=config.weight_decay)
+    scheduler, _ = create_scheduler_v2(
+        optimizer,
+        config.sched,
+        num_epochs=config.epochs,
+        warmup_epochs=config.warmup_epochs,
+        warmup_lr=config.warmup_lr,
+        min_lr=config.min_lr,
+        decay_milestones=list(config.decay_milestones),
+        decay_rate=config.decay_rate,
+        step_on_epochs=False,
+        updates_per_epoch=updates_per_epoch,
+    )
+    start_epoch, global_step, history = 0, 0, []
+    if resume is not None:
+        path = run_dir / CHECKPOINT if resume == "auto" else Path(resume)
+        try:
+            state = load_checkpoint(path)
+        except FileNotFoundError as err:
+            raise SetupError(str(err)) from err
+        adapter.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        start_epoch, global_step, history = state["epoch"], state["global_step"], state["history"]
+        rng = state["rng"]
+        if len(rng) == context.world_size:
+            set_rng_state(rng[context.rank])
+    model: nn.Module = adapter
+    if context.distributed:
+        device_ids = [context.device.index] if context.device.type == "cuda" else None
+        warmup = config.scm_start_epoch > 0 and adapter.scm is not None
+        model = nn.parallel.DistributedDataParallel(adapter, device_ids=device_ids, find_unused_parameters=warmup)
+    if config.compile:
+        model = torch.compile(model)
+    if context.is_main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        (run_dir / "config.json").write_text(json.dumps(config.to_json(), indent=1), encoding="utf-8")
+    last_epoch = config.epochs if config.stop_after is None else min(config.epochs, start_epoch + config.stop_after)
+    progress = make_progress(context, total=(last_epoch - start_epoch) * shard_size * context.world_size)
+    for epoch in range(start_epoch, last_epoch):
+        loader = train_loader(datasets["train"], config, context, epoch)
+
+        def on_step(step: dict[str, float], epoch: int = epoch) -> None:
+            progress.update(step["images"])
+            progress.set_postfix(epoch=epoch + 1, loss=f"{step['loss']:.3f}", lr=f"{step['lr']:.1e}")
+
+        with without_calibration(adapter, enabled=epoch < config.scm_start_epoch):
+            stats, global_step = train_one_epoch(
+                model,
+                loader,
+                optimizer,
+                scheduler,
+                context,
+                global_step,
+                config.accumulation,
+                config.clip_grad,
+                on_step,
+            )
+        history.append({"epoch": epoch + 1, "lr": optimizer.param_groups[0]["lr"], **stats})
+        if context.is_main:
+            (run_dir / "history.json").write_text(json.dumps(history, indent=1), encoding="utf-8")
+        rng = [rng_state()]
+        if context.distributed:
+            rng = [None] * context.world_size
+            torch.distributed.all_gather_object(rng, rng_state())
+        if context.is_main:
+            save_checkpoint(
+                run_dir / CHECKPOINT,
+                {
+                    "model": adapter.state_dict(),
+                    "optimizer": optimizer.state_dict(),
+                    "scheduler": scheduler.state_dict(),
+                    "epoch": epoch + 1,
+                    "global_step": global_step,
+                    "history": history,
+                    "rng": rng,
+                    "config": config.to_json(),
+                },
+            )
+    progress.close()
+    if last_epoch < config.epochs:
+        return {"stopped_after_epoch": last_epoch}
+    size = (config.image_size, config.image_size)
+    val = None
+    if "val" in datasets:
+        val = evaluate(model, eval_loader(datasets["val"], config, context), context, size, config.protocol)
+    test = evaluate(model, eval_loader(datasets["test"], config, context), context, size, config.protocol)
+    summary = summarize(val, test, config.protocol)
+    summary["history"] = history
+    if context.is_main:
+        (run_dir / "metrics.json").write_text(json.dumps(summary, indent=1), encoding="utf-8")
+        metadata = {"config": json.dumps(config.to_json()), "classes": json.dumps(datasets["train"].class_names)}
+        save_weights(adapter.strip(), run_dir / "model_stripped.safetensors", metadata=metadata)
+        tau = summary.get("test_at_val_tau", {}).get("tau", test["best_tau"])
+        write_figures(run_dir, adapter, history, datasets["test"], config.overlays, tau)
+        print(json.dumps({"run": str(run_dir), **summary.get("test_at_val_tau", {}), **summary["test"]}, indent=1))
+    return summary
+
+
+def make_progress(context: DistributedContext, total: int) -> Any:
+    """A tqdm bar over the training images of all processes (img/s and ETA), shown on rank 0 only."""
+    from tqdm import tqdm
+
+    return tqdm(total=total, unit="img", dynamic_ncols=True, disable=not context.is_main)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

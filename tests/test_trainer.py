@@ -1,0 +1,133 @@
+"""The CUB example trainer (examples/cub): a training step and evaluation, resume, bad command lines, inference."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+EXAMPLE = ROOT / "examples" / "cub"
+sys.path.insert(0, str(EXAMPLE))
+
+import config as cub_config  # noqa: E402
+import train  # noqa: E402
+
+from scm_calib.data import ensure_generated_dataset  # noqa: E402
+
+TINY_MODEL = {"patch_size": 8, "embed_dim": 32, "depth": 1, "num_heads": 2}
+
+
+@pytest.fixture(scope="module")
+def tiny_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """3 classes, 4 train / 2 test / 2 val images each, 32-40 px."""
+    root = tmp_path_factory.mktemp("data") / "tiny"
+    return ensure_generated_dataset(
+        root, num_classes=3, train_per_class=4, test_per_class=2, val_per_class=2, min_size=32, max_size=40
+    )
+
+
+def tiny_config(data: Path, output: Path, **overrides: object) -> cub_config.TrainConfig:
+    """The generated preset shrunk to seconds: a 1-block, 32-wide ViT on 32 px inputs."""
+    values = dict(
+        data_root=str(data),
+        model_kwargs=TINY_MODEL,
+        image_size=32,
+        epochs=1,
+        batch_size=4,
+        warmup_epochs=0,
+        overlays=2,
+        output=str(output),
+        name="run",
+        threads=1,
+    )
+    return cub_config.PRESETS["generated"].updated({**values, **overrides}, "test")
+
+
+def test_trains_a_step_evaluates_and_exports(tiny_data: Path, tmp_path: Path) -> None:
+    summary = train.run(tiny_config(tiny_data, tmp_path))
+    run_dir = tmp_path / "run"
+    for name in ("config.json", "metrics.json", "checkpoint.pt", "model_stripped.safetensors", "curves.png"):
+        assert (run_dir / name).is_file(), name
+    assert len(list((run_dir / "overlays").glob("*.png"))) == 2
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert metrics == json.loads(json.dumps(summary))
+    assert 0.0 <= metrics["test"]["MaxBoxAccV2"] <= 100.0
+    assert 0.0 <= metrics["test_at_val_tau"]["GTKnownLoc"] <= 100.0
+    assert len(metrics["history"]) == 1 and metrics["history"][0]["loss"] > 0
+    state = torch.load(run_dir / "checkpoint.pt", weights_only=True)
+    assert state["epoch"] == 1 and state["global_step"] == 3  # 12 images, batch 4
+
+
+def test_baseline_has_no_scm(tiny_data: Path, tmp_path: Path) -> None:
+    train.run(tiny_config(tiny_data, tmp_path, baseline=True, overlays=0))
+    state = torch.load(tmp_path / "run" / "checkpoint.pt", weights_only=True)
+    assert not any(key.startswith("scm.") for key in state["model"])
+
+
+def test_resume_matches_an_uninterrupted_run(tiny_data: Path, tmp_path: Path) -> None:
+    straight = tiny_config(tiny_data, tmp_path, epochs=2, overlays=0, name="straight", drop_path=0.1)
+    train.run(straight)
+    killed = tiny_config(tiny_data, tmp_path, epochs=2, overlays=0, name="resumed", drop_path=0.1, stop_after=1)
+    assert train.run(killed) == {"stopped_after_epoch": 1}
+    assert not (tmp_path / "resumed" / "metrics.json").exists()
+    torch.manual_seed(1234)  # a resumed process starts with other RNG states; the checkpoint restores them
+    train.run(tiny_config(tiny_data, tmp_path, epochs=2, overlays=0, name="resumed", drop_path=0.1), resume="auto")
+    a = torch.load(tmp_path / "straight" / "checkpoint.pt", weights_only=True)
+    b = torch.load(tmp_path / "resumed" / "checkpoint.pt", weights_only=True)
+    assert a["epoch"] == b["epoch"] == 2 and a["global_step"] == b["global_step"]
+    assert a["model"].keys() == b["model"].keys()
+    for key in a["model"]:
+        assert torch.equal(a["model"][key], b["model"][key]), key
+    assert a["history"] == b["history"][:1] + a["history"][1:] or a["history"][1]["loss"] == b["history"][1]["loss"]
+    metrics_a = json.loads((tmp_path / "straight" / "metrics.json").read_text())["test"]
+    metrics_b = json.loads((tmp_path / "resumed" / "metrics.json").read_text())["test"]
+    assert metrics_a == metrics_b
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--data-root", "/nonexistent/CUB_200_2011"], "is not a folder"),
+        (["--model", "not_a_timm_model"], "is not a timm model"),
+        (["--model", "resnet18"], "needs a timm Vision Transformer"),
+        (["--model-kwargs", '{"class_token": false, "global_pool": "avg", "depth": 1}'], "cannot be used with SCM"),
+        (["--config", "/nonexistent/config.json"], "does not exist"),
+        (["--resume"], "does not exist"),
+    ],
+)
+def test_bad_command_line_gives_one_line_error(
+    argv: list[str], message: str, tiny_data: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    base = ["--data-root", str(tiny_data), "--output", str(tmp_path), "--threads", "1", "--image-size", "32"]
+    assert train.main([*base, *argv]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and message in err and "Traceback" not in err
+
+
+def test_command_line_exit_status(tmp_path: Path) -> None:
+    result = subprocess.run(
+        [sys.executable, str(EXAMPLE / "train.py"), "--data-root", str(tmp_path / "missing")],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        timeout=120,
+    )
+    assert result.returncode == 2
+    assert "is not a folder" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_config_file_and_overrides(tmp_path: Path) -> None:
+    path = tmp_path / "settings.json"
+    path.write_text(json.dumps({"lr": 0.01, "epochs": 3}))
+    config, resume = train.parse_args(["--config", str(path), "--epochs", "5"])
+    assert (config.preset, config.lr, config.epochs, resume) == ("generated", 0.01, 5, None)
+    config, _ = train.parse_args(["--data-root", "somewhere"])
+    assert (config.preset, config.model, config.lr, config.batch_size) == ("cub", "deit_small_patch16_224", 5e-5, 16)
+    path.write_text(json.dumps({"learning_rate": 0.01}))
+    with pytest.raises(train.SetupError, match="unknown setting"):
+        train.parse_args(["--config", str(path)])
