@@ -59,14 +59,14 @@ def main() -> None:
     parser.add_argument("--size", type=int, default=224)
     parser.add_argument("--grid", type=int, default=14)
     parser.add_argument("--num-maps", type=int, default=None, help="default: 20000 on CUDA, 128 on CPU")
-    parser.add_argument("--chunk-size", type=int, default=None, help="default: 512 on CUDA, 16 on CPU")
+    parser.add_argument("--chunk-size", type=int, default=None, help="default: 512 on CUDA, 4 on CPU")
     parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads on CPU")
     parser.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args()
     device = torch.device(args.device)
     cuda = device.type == "cuda"
     num_maps = args.num_maps or (20000 if cuda else 128)
-    chunk_size = args.chunk_size or (512 if cuda else 16)
+    chunk_size = args.chunk_size or (512 if cuda else 4)
 
     generator = torch.Generator().manual_seed(0)
     grids = torch.rand(num_maps, args.grid, args.grid, generator=generator)
