@@ -92,8 +92,10 @@ def run(args: argparse.Namespace) -> list[str]:
         ms, peak = result
         ratio_t = f"{ms / bare[0]:.2f}x"
         ratio_m = f"{peak / bare[1]:.2f}x" if peak is not None and bare[1] else "-"
-        lines.append(f"| {label} | {precision} | {ms:.1f} | {f'{peak:.2f}' if peak is not None else '-'} | "
-                     f"{ratio_t} | {ratio_m} |")
+        lines.append(
+            f"| {label} | {precision} | {ms:.1f} | {f'{peak:.2f}' if peak is not None else '-'} | "
+            f"{ratio_t} | {ratio_m} |"
+        )
         print(lines[-1], flush=True)
 
     print("\n".join(lines), flush=True)
@@ -106,8 +108,12 @@ def run(args: argparse.Namespace) -> list[str]:
         variants += [(f"{backend} operator", "auto", SCM(backend=backend)) for backend in backends]
         for label, capture, scm in variants:
             adapter = SCMAdapter(model(), scm=scm.to(device), capture=capture)
-            row(f"train step: adapter, {label}", precision, measure(train_step(adapter, x, y, autocast), device,
-                                                                      args.steps, args.warmup), bare)
+            row(
+                f"train step: adapter, {label}",
+                precision,
+                measure(train_step(adapter, x, y, autocast), device, args.steps, args.warmup),
+                bare,
+            )
         grid = size // 16
         maps = torch.randn(args.batch, args.classes, grid, grid, device=device, requires_grad=True)
         attn = torch.rand(args.batch, grid, grid, device=device, requires_grad=True)
@@ -119,16 +125,21 @@ def run(args: argparse.Namespace) -> list[str]:
                     out, a = scm(maps, attn)
                 (out.sum() + a.sum()).backward()
 
-            row(f"SCM blocks alone, fwd+bwd: {label}", precision, measure(blocks, device, args.steps, args.warmup),
-                bare)
+            row(
+                f"SCM blocks alone, fwd+bwd: {label}", precision, measure(blocks, device, args.steps, args.warmup), bare
+            )
     with torch.no_grad():
         bare_model = model().eval()
         bare = measure(lambda: bare_model(x), device, args.steps, args.warmup)
         row("inference: bare timm forward", "fp32", bare, bare)
         stripped = SCMAdapter(model(), head="linear").strip().eval()
         row("inference: stripped forward", "fp32", measure(lambda: stripped(x), device, args.steps, args.warmup), bare)
-        row("inference: localization maps (top-1)", "fp32",
-            measure(lambda: localization_maps(stripped, x), device, args.steps, args.warmup), bare)
+        row(
+            "inference: localization maps (top-1)",
+            "fp32",
+            measure(lambda: localization_maps(stripped, x), device, args.steps, args.warmup),
+            bare,
+        )
     return lines
 
 
@@ -138,8 +149,9 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=None, help="default: 128 on CUDA, 8 on CPU")
     parser.add_argument("--img-size", type=int, default=224)
     parser.add_argument("--classes", type=int, default=200)
-    parser.add_argument("--precision", nargs="+", choices=["bf16", "fp32"], default=None,
-                        help="default: bf16 fp32 on CUDA, fp32 on CPU")
+    parser.add_argument(
+        "--precision", nargs="+", choices=["bf16", "fp32"], default=None, help="default: bf16 fp32 on CUDA, fp32 on CPU"
+    )
     parser.add_argument("--steps", type=int, default=None, help="timed steps (default 20 on CUDA, 3 on CPU)")
     parser.add_argument("--warmup", type=int, default=None, help="untimed steps first (default 5 on CUDA, 1 on CPU)")
     parser.add_argument("--device", default=None)

@@ -2,10 +2,11 @@
 Transformer with Implicit Spatial Calibration", ECCV 2022) for any timm Vision Transformer."""
 
 from .adapter import SCMAdapter, SCMOutput, StrippedViT
-from .calibration import SCM, SCMBlock
+from .boxes import box_iou, boxes_from_maps, resize_maps
+from .calibration import SCM, SCMBlock, spatial_gate
 from .capture import UnsupportedModelError
 from .checkpoint import CheckpointError, load_weights, save_weights
-from .localize import localization_maps, resize_maps, semantic_and_attention
+from .localize import localization_maps, semantic_and_attention
 
 __version__ = "0.1.0"
 
@@ -17,9 +18,12 @@ __all__ = [
     "SCMOutput",
     "StrippedViT",
     "UnsupportedModelError",
+    "box_iou",
+    "boxes_from_maps",
     "load_weights",
     "localization_maps",
     "resize_maps",
     "save_weights",
     "semantic_and_attention",
+    "spatial_gate",
 ]

@@ -216,4 +216,3 @@ def _check_linear_head(model: nn.Module) -> None:
             f"{name} normalises after pooling (fc_norm), so per-token scores do not average to its logits. Create it "
             "with fc_norm=False (timm vit_*: global_pool='avg', fc_norm=False), or use head='conv'."
         )
-

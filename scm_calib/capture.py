@@ -248,4 +248,3 @@ def minmax(x: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
 def normalize_attention(raw: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
     """(B, h, w) raw class attention -> min-max normalised per image; non-finite values become zeros."""
     return minmax(torch.nan_to_num(raw, nan=0.0, posinf=0.0, neginf=0.0), eps)
-

@@ -12,14 +12,14 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from .adapter import SCMAdapter, StrippedViT
+from .boxes import resize_maps
 from .capture import AttentionCapture, check_supported, class_attention, grid_size, normalize_attention, patch_tokens
 from .heads import LinearHead
 
-__all__ = ["MapsAndLogits", "localization_maps", "resize_maps", "semantic_and_attention"]
+__all__ = ["MapsAndLogits", "localization_maps", "semantic_and_attention"]
 
 
 @dataclass
@@ -77,25 +77,6 @@ def semantic_and_attention(model: nn.Module, images: torch.Tensor, blocks: list[
     return MapsAndLogits(semantic.mean(dim=(2, 3)), semantic, attention)
 
 
-def resize_maps(maps: torch.Tensor, size: tuple[int, int], interpolation: str = "bilinear") -> torch.Tensor:
-    """Resizes (B, h, w) or (B, K, h, w) maps to ``size`` (H, W) with ``align_corners=False``.
-
-    Args:
-        maps: grid-resolution maps.
-        size: target (H, W).
-        interpolation: ``"bilinear"`` (SCM protocol) or ``"bicubic"`` (wsolevaluation protocol).
-
-    Returns:
-        Maps of the same leading shape at (H, W).
-    """
-    if interpolation not in ("bilinear", "bicubic"):
-        raise ValueError(f"interpolation must be 'bilinear' or 'bicubic', got {interpolation!r}.")
-    squeeze = maps.ndim == 3
-    batch = maps[:, None] if squeeze else maps
-    out = F.interpolate(batch.float(), size=tuple(size), mode=interpolation, align_corners=False)
-    return out[:, 0] if squeeze else out
-
-
 @torch.no_grad()
 def localization_maps(
     model: nn.Module,
@@ -150,4 +131,4 @@ def localization_maps(
     if size is None:
         return maps
     target = (images.shape[-2], images.shape[-1]) if size == "input" else tuple(size)
-    return resize_maps(maps, target, interpolation)
+    return resize_maps(maps.flatten(0, maps.ndim - 3), target, interpolation).view(*maps.shape[:-2], *target)
