@@ -366,24 +366,32 @@ def _blob_components(quantized: Tensor, levels: Tensor) -> tuple[_Components, _C
 
 
 def _union_find(num_nodes: int, src: Tensor, dst: Tensor) -> Tensor:
-    """Connected components of a graph by hooking roots onto smaller roots and pointer jumping.
+    """Connected components of a graph whose edges go from lower to higher node index.
+
+    Each node first points at its smallest neighbour below it (a forest, flattened by pointer jumping);
+    the edges still joining two trees then hook the larger root onto the smaller until none is left.
 
     Returns:
         (num_nodes,) the smallest node index of each node's component.
     """
-    parent = torch.arange(num_nodes, device=src.device)
+    parent = torch.arange(num_nodes, device=src.device).scatter_reduce_(0, dst, src, "amin")
     while True:
+        parent = _flatten(parent)
         ps, pd = parent[src], parent[dst]
         differ = ps != pd
         if not bool(differ.any()):
             return parent
         src, dst, ps, pd = src[differ], dst[differ], ps[differ], pd[differ]
         parent.scatter_reduce_(0, torch.maximum(ps, pd), torch.minimum(ps, pd), "amin")
-        while True:
-            grand = parent[parent]
-            if torch.equal(grand, parent):
-                break
-            parent = grand
+
+
+def _flatten(parent: Tensor) -> Tensor:
+    """Pointer jumping until every node points at its root."""
+    while True:
+        grand = parent[parent]
+        if torch.equal(grand, parent):
+            return parent
+        parent = grand
 
 
 def _level_table(quantized: Tensor, thresholds: Tensor) -> tuple[Tensor, Tensor]:
