@@ -5,8 +5,7 @@ import pytest
 import torch
 
 from scm_calib import boxes as B
-
-cv2_backend = pytest.importorskip("scm_calib.boxes_cv2")
+from scm_calib import boxes_cv2 as cv2_backend
 
 
 def _box_set(result: B.BlobBoxes, image: int = 0, threshold: int = 0) -> list[list[int]]:
@@ -15,6 +14,7 @@ def _box_set(result: B.BlobBoxes, image: int = 0, threshold: int = 0) -> list[li
 
 
 def _cv2_set(quantized: torch.Tensor, tau: float) -> list[list[int]]:
+    pytest.importorskip("cv2")
     return sorted(cv2_backend.map_boxes_cv2(quantized.numpy(), tau, largest_only=False).tolist())
 
 
@@ -144,6 +144,7 @@ def test_bad_inputs_say_what_to_do() -> None:
 
 def test_torch_path_matches_opencv_on_random_smooth_maps() -> None:
     """1,000 CAM-like maps (7x7 or 14x14 noise, bicubic to 40x40), random ground-truth boxes."""
+    pytest.importorskip("cv2")
     generator = torch.Generator().manual_seed(0)
     size = 40
     grids = [torch.rand(500, g, g, generator=generator) for g in (7, 14)]

@@ -100,7 +100,9 @@ def test_threshold_from_held_out_split_is_applied_fixed() -> None:
 
 
 def test_box_accuracy_matches_opencv_reference() -> None:
-    cv2_backend = pytest.importorskip("scm_calib.boxes_cv2")
+    pytest.importorskip("cv2")
+    from scm_calib import boxes_cv2 as cv2_backend
+
     grids = torch.rand(40, 7, 7, generator=torch.Generator().manual_seed(3))
     _, gt = _random_batch(40, size=48, seed=3)
     result = M.box_accuracy(grids, gt, size=(48, 48))
