@@ -41,13 +41,13 @@ def opencv_loop(grids: np.ndarray, size: int) -> float:
     return time.perf_counter() - start
 
 
-def torch_sweep(grids: torch.Tensor, size: int, gt: list[torch.Tensor], chunk_size: int, threads: int) -> float:
+def torch_sweep(grids: torch.Tensor, size: int, gt: list[torch.Tensor], chunk: int, threads: int) -> float:
     """Seconds for resize + normalise + quantise + the full sweep (largest and all blobs, IoU)."""
     if grids.is_cuda:
         torch.cuda.synchronize()
     start = time.perf_counter()
     quantized = prepare_maps(grids, (size, size), "bicubic")
-    best_box_iou(quantized, gt, wsol_thresholds(), chunk_size=chunk_size, num_threads=threads)
+    best_box_iou(quantized, gt, wsol_thresholds(), chunk_size=chunk, num_threads=threads)
     if grids.is_cuda:
         torch.cuda.synchronize()
     return time.perf_counter() - start
@@ -72,16 +72,19 @@ def main() -> None:
     grids = torch.rand(num_maps, args.grid, args.grid, generator=generator)
     corners = torch.randint(0, args.size, (num_maps, 2, 2), generator=generator).sort(dim=1).values
     gt = [c.flatten()[None].to(device) for c in corners]
-    print(f"{num_maps} maps, {args.grid}x{args.grid} -> {args.size}x{args.size}, 100 thresholds, device {device}")
+    shape = f"{args.grid}x{args.grid} -> {args.size}x{args.size}"
+    print(f"{num_maps} maps, {shape}, 100 thresholds, device {device}")
 
     on_device = grids.to(device)
     warm = min(chunk_size, num_maps)
     torch_sweep(on_device[:warm], args.size, gt[:warm], chunk_size, args.threads)
     if cuda:
         torch.cuda.reset_peak_memory_stats(device)
-    seconds = min(torch_sweep(on_device, args.size, gt, chunk_size, args.threads) for _ in range(args.repeats))
+    runs = [torch_sweep(on_device, args.size, gt, chunk_size, args.threads) for _ in range(args.repeats)]
+    seconds = min(runs)
     torch_rate = num_maps / seconds
-    print(f"torch sweep (largest + all blobs + holes, IoU): {torch_rate:9.1f} maps/s  {1e3 / torch_rate:7.2f} ms/map")
+    label = "torch sweep (largest + all blobs + holes, IoU):"
+    print(f"{label} {torch_rate:9.1f} maps/s  {1e3 / torch_rate:7.2f} ms/map")
     if cuda:
         peak = torch.cuda.max_memory_allocated(device) / 2**30
         print(f"  peak CUDA memory {peak:.2f} GiB with chunk_size {chunk_size}")
@@ -94,7 +97,8 @@ def main() -> None:
     loop_maps = grids[: min(num_maps, 128)].numpy()
     loop_seconds = min(opencv_loop(loop_maps, args.size) for _ in range(args.repeats))
     loop_rate = len(loop_maps) / loop_seconds
-    print(f"OpenCV loop (largest contour, 1 thread):        {loop_rate:9.1f} maps/s  {1e3 / loop_rate:7.2f} ms/map")
+    label = "OpenCV loop (largest contour, 1 thread):"
+    print(f"{label:47} {loop_rate:9.1f} maps/s  {1e3 / loop_rate:7.2f} ms/map")
     print(f"ratio torch / OpenCV: {torch_rate / loop_rate:.2f}x")
 
 

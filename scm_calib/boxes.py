@@ -250,13 +250,13 @@ def _runs(quantized: Tensor, levels: Tensor) -> tuple[Tensor, Tensor, Tensor, Te
     return starts, torch.div(image_row, h, rounding_mode="floor"), image_row % h, level, x0, x1
 
 
-def _components(quantized: Tensor, levels: Tensor, eight_connected: bool = True) -> tuple[_Components, Tensor, Tensor]:
+def _components(quantized: Tensor, levels: Tensor, eight: bool = True) -> tuple[_Components, Tensor, Tensor]:
     """Connected components of ``quantized > level`` for every map and every level.
 
     Args:
         quantized: (B, H, W) uint8 maps.
         levels: (L,) sorted, distinct int64 levels.
-        eight_connected: 8-connectivity (foreground blobs) or 4-connectivity (holes).
+        eight: 8-connectivity (foreground blobs) or 4-connectivity (holes).
 
     Returns:
         One row per component, with its map, level index, inclusive pixel extents, pixel count, the
@@ -267,7 +267,7 @@ def _components(quantized: Tensor, levels: Tensor, eight_connected: bool = True)
     _, h, w = quantized.shape
     num_levels = levels.numel()
     stride_x = w + 2
-    reach = 1 if eight_connected else 0
+    reach = 1 if eight else 0
     keys, image, row, level, x0, x1 = _runs(quantized, levels)
     num_runs = keys.numel()
     device = keys.device
@@ -302,7 +302,7 @@ def _components(quantized: Tensor, levels: Tensor, eight_connected: bool = True)
     upper = torch.repeat_interleave(runs, span)
     lower = first[upper] + torch.arange(upper.numel(), device=device) - (torch.cumsum(span, 0) - span)[upper]
     a, c, b, d = x0[upper], x1[upper], x0[lower], x1[lower]
-    if eight_connected:
+    if eight:
         # Polygon through the blob's boundary pixels between touching runs a..c (above) and b..d (below):
         # it moves one pixel diagonally per row, so the left edge runs from max(a, b - 1) to
         # max(b, a - 1) and the right edge from min(c, d + 1) to min(d, c + 1).
@@ -346,7 +346,7 @@ def _holes(quantized: Tensor, levels: Tensor) -> _Components:
     """
     h, w = quantized.shape[-2:]
     # Background q <= level is (255 - q) > 254 - level; reversed so that the levels stay ascending.
-    holes, _, _ = _components(255 - quantized, (254 - levels).flip(0), eight_connected=False)
+    holes, _, _ = _components(255 - quantized, (254 - levels).flip(0), eight=False)
     inside = (holes.x0 > 0) & (holes.y0 > 0) & (holes.x1 < w - 1) & (holes.y1 < h - 1)
     holes = _Components(*(field[inside] for field in holes))
     return holes._replace(level_index=levels.numel() - 1 - holes.level_index)
@@ -504,7 +504,8 @@ def _blob_boxes(
         levels, level_index = _level_table(q, taus)
         num_slots = q.shape[0] * levels.numel()
         blobs = _blobs(q, levels, holes and not largest_only)
-        pair_slot = (torch.arange(q.shape[0], device=device)[:, None] * levels.numel() + level_index).flatten()
+        maps = torch.arange(q.shape[0], device=device)
+        pair_slot = (maps[:, None] * levels.numel() + level_index).flatten()
         if largest_only:
             index = _largest(blobs, num_slots)[pair_slot]
             pair = torch.arange(pair_slot.numel(), device=device)
@@ -644,7 +645,7 @@ def best_box_iou(
     """
     _check_quantized(quantized)
     if len(gt_boxes) != quantized.shape[0]:
-        raise ValueError(f"got {len(gt_boxes)} ground-truth box sets for {quantized.shape[0]} maps; pass one per map.")
+        raise ValueError(f"got {len(gt_boxes)} box sets for {quantized.shape[0]} maps; pass one per map.")
     taus = _as_thresholds(wsol_thresholds() if thresholds is None else thresholds, quantized.device)
     gt, valid = pad_boxes(gt_boxes, quantized.device)
     with _cpu_threads(quantized.device, num_threads):

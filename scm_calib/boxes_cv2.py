@@ -35,7 +35,9 @@ def _cv2() -> ModuleType:
     return cv2
 
 
-def prepare_maps_cv2(maps: Tensor, size: tuple[int, int] | None = None, interpolation: str = "bicubic") -> np.ndarray:
+def prepare_maps_cv2(
+    maps: Tensor, size: tuple[int, int] | None = None, *, interpolation: str = "bicubic"
+) -> np.ndarray:
     """Resize with ``cv2.resize``, min-max normalise and quantise, exactly as wsolevaluation.
 
     Args:
@@ -52,7 +54,8 @@ def prepare_maps_cv2(maps: Tensor, size: tuple[int, int] | None = None, interpol
     out = []
     for cam in maps.detach().float().cpu().numpy():
         if size is not None:
-            cam = cv2.resize(cam, (size[1], size[0]), interpolation=getattr(cv2, _INTERPOLATION[interpolation]))
+            mode = getattr(cv2, _INTERPOLATION[interpolation])
+            cam = cv2.resize(cam, (size[1], size[0]), interpolation=mode)
         if np.isnan(cam).any() or cam.min() == cam.max():
             cam = np.zeros_like(cam)
         else:

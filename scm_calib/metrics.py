@@ -87,7 +87,7 @@ def get_protocol(protocol: str | Protocol, **overrides: object) -> Protocol:
     """
     if isinstance(protocol, str):
         if protocol not in PROTOCOLS:
-            raise ValueError(f"unknown protocol {protocol!r}; choose one of {sorted(PROTOCOLS)} or pass a Protocol.")
+            raise ValueError(f"unknown protocol {protocol!r}; use one of {sorted(PROTOCOLS)} or a Protocol.")
         protocol = PROTOCOLS[protocol]
     return replace(protocol, **{key: value for key, value in overrides.items() if value is not None})
 
@@ -149,7 +149,7 @@ class _Streaming:
         """Replace the state with ``state`` (from :meth:`state_dict`)."""
         missing = set(self._states) - set(state)
         if missing:
-            raise KeyError(f"state misses {sorted(missing)}; pass a dict from state_dict() of the same metric.")
+            raise KeyError(f"state misses {sorted(missing)}; pass state_dict() of the same metric.")
         for name in self._states:
             current = getattr(self, name)
             if state[name].shape != current.shape:
@@ -187,7 +187,7 @@ class BoxAccuracy(_Streaming):
     ) -> None:
         self.protocol = get_protocol(protocol, tau=tau, step=step)
         if 0.5 not in self.protocol.iou_thresholds:
-            raise ValueError(f"iou_thresholds must contain 0.5 for MaxBoxAcc, got {self.protocol.iou_thresholds}.")
+            raise ValueError(f"iou_thresholds need 0.5 for MaxBoxAcc, got {self.protocol.iou_thresholds}.")
         self.thresholds = _thresholds(self.protocol)
         self.size = size
         self.chunk_size = chunk_size
@@ -334,7 +334,7 @@ class LocalizationAccuracy(_Streaming):
             )
         b, k = maps_topk.shape[:2]
         if k > logits.shape[1] or b != logits.shape[0]:
-            raise ValueError(f"maps_topk {tuple(maps_topk.shape)} does not match logits {tuple(logits.shape)}.")
+            raise ValueError(f"maps_topk {tuple(maps_topk.shape)} does not fit logits {tuple(logits.shape)}.")
         device = maps_topk.device
         self._to(device)
         labels = labels.to(device)

@@ -94,8 +94,8 @@ def overlay(
             image = (image.permute(1, 2, 0).clamp(0, 1) * 255).round().to(torch.uint8)
         if image.shape != heat.shape:
             raise ValueError(
-                f"image must be (H, W, 3) uint8 or (3, H, W) float matching the map {tuple(score_map.shape)}, "
-                f"got {tuple(image.shape)}; resize the map to the image first."
+                f"image must be (H, W, 3) uint8 or (3, H, W) float matching the map "
+                f"{tuple(score_map.shape)}, got {tuple(image.shape)}; resize the map to the image first."
             )
         heat = (alpha * heat.float() + (1 - alpha) * image.float()).round().to(torch.uint8)
     if gt_boxes is not None:

@@ -19,7 +19,8 @@ def test_colorize_runs_blue_to_red() -> None:
 def test_overlay_draws_gt_and_pred_boxes() -> None:
     score = torch.zeros(20, 20)
     image = torch.full((20, 20, 3), 100, dtype=torch.uint8)
-    out = viz.overlay(score, image, pred_boxes=torch.tensor([[2, 2, 10, 10]]), gt_boxes=torch.tensor([[5, 5, 15, 15]]))
+    pred, gt = torch.tensor([[2, 2, 10, 10]]), torch.tensor([[5, 5, 15, 15]])
+    out = viz.overlay(score, image, pred_boxes=pred, gt_boxes=gt)
     assert out[2, 6].tolist() == list(viz.PRED_COLOR)
     assert out[15, 12].tolist() == list(viz.GT_COLOR)
     assert out[18, 1].tolist() != list(viz.GT_COLOR)
