@@ -23,6 +23,7 @@ import functools
 from collections.abc import Iterator, Sequence
 
 import torch
+from einops import rearrange
 from timm.layers import Attention
 from torch import nn
 
@@ -131,7 +132,7 @@ def patch_tokens(model: nn.Module, tokens: torch.Tensor, grid: tuple[int, int]) 
     patches = tokens[:, prefix:]
     if fc_norm is not None and not isinstance(fc_norm, nn.Identity):
         patches = fc_norm(patches)
-    return patches.transpose(1, 2).reshape(tokens.shape[0], -1, h, w)
+    return rearrange(patches, "b (h w) d -> b d h w", h=h, w=w)
 
 
 class AttentionCapture:
@@ -234,7 +235,7 @@ def class_attention(rows: Sequence[torch.Tensor], num_prefix_tokens: int, grid: 
         (B, h, w) raw sum over blocks (TS-CAM's map, before min-max).
     """
     total = torch.stack([row[:, :, num_prefix_tokens:].mean(dim=1) for row in rows]).sum(dim=0)
-    return total.unflatten(1, grid)
+    return rearrange(total, "b (h w) -> b h w", h=grid[0], w=grid[1])
 
 
 def minmax(x: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
