@@ -233,7 +233,7 @@ def train_one_epoch(
         context: the process's place in the job (device, world size).
         global_step: optimizer updates done before this epoch.
         accumulation: micro-batches per optimizer update (gradients summed; DDP syncs on the last only).
-        clip_grad: max gradient norm, or None.
+        clip_grad: max gradient norm; None or 0 for no clipping.
         on_step: called after every micro-batch with ``{"loss", "acc", "lr", "images"}`` of that batch.
 
     Returns:
@@ -257,7 +257,7 @@ def train_one_epoch(
             loss = F.cross_entropy(logits.float(), batch.labels)
             (loss / accumulation).backward()
         if last_micro:
-            if clip_grad is not None:
+            if clip_grad:
                 nn.utils.clip_grad_norm_(model.parameters(), clip_grad)
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)

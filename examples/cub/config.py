@@ -45,7 +45,7 @@ class TrainConfig:
         warmup_epochs: linear warm-up epochs (the schedule steps per update).
         warmup_lr: learning rate at the start of the warm-up.
         min_lr: final learning rate of the schedule.
-        clip_grad: max gradient norm, or None.
+        clip_grad: max gradient norm; None or 0 (``--clip-grad 0``) for no clipping.
         seed: seed of weights, data order and augmentation.
         workers: DataLoader worker processes.
         threads: torch CPU threads per process (None: torch's default).
