@@ -438,7 +438,14 @@ def run(config: TrainConfig, resume: str | None = None) -> dict[str, Any]:
         save_weights(adapter.strip(), run_dir / "model_stripped.safetensors", metadata=metadata)
         tau = summary.get("test_at_val_tau", {}).get("tau", test["best_tau"])
         write_figures(run_dir, adapter, history, datasets["test"], config.overlays, tau)
-        print(json.dumps({"run": str(run_dir), **summary.get("test_at_val_tau", {}), **summary["test"]}, indent=1))
+        headline = ("MaxBoxAccV2", "MaxBoxAcc", "GTKnownLoc", "Top1Loc", "Top5Loc", "Top1Cls", "Top5Cls")
+        report = {
+            "run": str(run_dir),
+            "test": {k: round(summary["test"][k], 2) for k in headline if k in summary["test"]},
+        }
+        if "test_at_val_tau" in summary:
+            report["test_at_val_tau"] = {k: round(v, 2) for k, v in summary["test_at_val_tau"].items()}
+        print(json.dumps(report, indent=1))
     return summary
 
 
