@@ -137,9 +137,7 @@ def unnormalize(images: torch.Tensor) -> np.ndarray:
 
 def display_map(grid_map: torch.Tensor, size: int) -> np.ndarray:
     """A (h, w) map, bilinearly resized to (size, size) and min-max normalised for display."""
-    resized = F.interpolate(
-        grid_map[None, None].float(), size=(size, size), mode="bilinear", align_corners=False
-    )
+    resized = F.interpolate(grid_map[None, None].float(), size=(size, size), mode="bilinear", align_corners=False)
     resized = resized[0, 0]
     low, high = resized.min(), resized.max()
     return ((resized - low) / (high - low).clamp_min(1e-8)).numpy()
@@ -172,9 +170,7 @@ def draw(batch: WSOLBatch, out: SCMOutput, path: Path) -> None:
             axis.imshow(images[row])
             if maps is None:
                 x0, y0, x1, y1 = batch.boxes[row][0].tolist()
-                axis.add_patch(
-                    Rectangle((x0, y0), x1 - x0, y1 - y0, fill=False, edgecolor="lime", linewidth=1.5)
-                )
+                axis.add_patch(Rectangle((x0, y0), x1 - x0, y1 - y0, fill=False, edgecolor="lime", linewidth=1.5))
             else:
                 axis.imshow(display_map(maps[row], size), cmap="jet", alpha=0.5, vmin=0, vmax=1)
             axis.set_xticks([])
@@ -191,9 +187,7 @@ def draw(batch: WSOLBatch, out: SCMOutput, path: Path) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--run", type=Path, default=None, help="run folder of examples/cub/train.py to load")
-    parser.add_argument(
-        "--data-cache", type=Path, default=Path(".cache/scm_calib/generated"), help="as the trainer's"
-    )
+    parser.add_argument("--data-cache", type=Path, default=Path(".cache/scm_calib/generated"), help="as the trainer's")
     parser.add_argument("--epochs", type=int, default=12, help="epochs when training here (no --run)")
     parser.add_argument("--images", type=int, nargs="+", default=[0, 31, 62, 95], help="test image indices")
     parser.add_argument("--seed", type=int, default=0)
@@ -214,9 +208,7 @@ def main() -> None:
         print("loaded", load_run(adapter, args.run))
     else:
         generator = torch.Generator().manual_seed(args.seed)
-        loader = DataLoader(
-            train_set, batch_size=16, shuffle=True, collate_fn=collate_wsol, generator=generator
-        )
+        loader = DataLoader(train_set, batch_size=16, shuffle=True, collate_fn=collate_wsol, generator=generator)
         scm, adapter.scm = adapter.scm, None
         train(adapter, loader, args.epochs)
         adapter.scm = scm
