@@ -117,15 +117,16 @@ class TrainConfig:
 
 
 PRESETS: dict[str, TrainConfig] = {
-    # A 4-block, 96-wide ViT on 64 px inputs with 8 px patches (an 8 x 8 grid), from scratch. SCM is switched on
-    # after 10 epochs: from random weights the calibrated loss stays near chance for many epochs (docs/results.md).
+    # A 4-block, 96-wide ViT on 96 px inputs with 8 px patches (a 12 x 12 grid), from scratch for 60 epochs. SCM is
+    # switched on after 10 epochs: from random weights the calibrated loss stays near chance for many epochs, and
+    # an 8 x 8 grid / 30 epochs leaves maps no better than a centre prior (docs/results.md).
     "generated": TrainConfig(
         preset="generated",
         model="vit_tiny_patch16_224",
         model_kwargs={"patch_size": 8, "embed_dim": 96, "depth": 4, "num_heads": 3},
-        image_size=64,
+        image_size=96,
         scm_start_epoch=10,
-        epochs=30,
+        epochs=60,
         batch_size=16,
         lr=1e-3,
         weight_decay=0.05,
