@@ -166,3 +166,32 @@ def test_infer_rejects_bad_input(tmp_path: Path, capsys: pytest.CaptureFixture[s
 
     assert infer.main([str(tmp_path / "missing.safetensors"), str(tmp_path)]) == 2
     assert capsys.readouterr().err.startswith("error: ")
+
+
+@pytest.mark.parametrize("suffix", [".pth", ".safetensors"])
+def test_checkpoint_flag_loads_a_local_timm_checkpoint(tmp_path: Path, suffix: str) -> None:
+    import timm
+    from safetensors.torch import save_file
+
+    source = timm.create_model("vit_tiny_patch16_224", num_classes=1000, img_size=32, **TINY_MODEL)
+    path = tmp_path / f"encoder{suffix}"
+    if suffix == ".pth":
+        torch.save(source.state_dict(), path)
+    else:
+        save_file({k: v.contiguous() for k, v in source.state_dict().items()}, str(path))
+    config = tiny_config(tmp_path, tmp_path, checkpoint=str(path))
+    adapter = train.build_model(config, num_classes=3)
+    for name in ("patch_embed.proj.weight", "blocks.0.attn.qkv.weight", "norm.weight"):
+        assert torch.equal(adapter.encoder.state_dict()[name], source.state_dict()[name])
+    assert adapter.num_classes == 3
+
+
+def test_checkpoint_flag_with_the_wrong_architecture_says_so(tmp_path: Path) -> None:
+    import timm
+
+    other = timm.create_model(
+        "vit_tiny_patch16_224", num_classes=3, img_size=32, patch_size=8, embed_dim=48, depth=1, num_heads=2
+    )
+    torch.save(other.state_dict(), tmp_path / "wrong.pth")
+    with pytest.raises(train.SetupError, match="cannot load the weights"):
+        train.build_model(tiny_config(tmp_path, tmp_path, checkpoint=str(tmp_path / "wrong.pth")), num_classes=3)
