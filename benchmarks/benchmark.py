@@ -8,7 +8,8 @@ Runs on CPU and GPU; on a GPU it is the single command of the device check::
 Rows (each timed side by side in one run, ratios to the bare timm model of the same precision):
 training step (bare timm; an original-like adapter that keeps every attention matrix and runs the dense
 operator; the adapter with the torch operator; with the Triton operator on CUDA), SCM blocks alone
-(forward + backward), inference forward (bare, stripped, localization maps). The table is printed and,
+(forward + backward), inference forward (bare, stripped, localization maps). Before the inference rows,
+each backend's SCM is checked against the dense formulas (values and gradients). The table is printed and,
 with ``--out``, appended to a Markdown file.
 """
 
@@ -67,6 +68,59 @@ def train_step(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, autocas
         optimizer.step()
 
     return step
+
+
+def _scalar_grads(scm: torch.nn.Module) -> list[torch.Tensor]:
+    """Gradients of the lambdas, then the betas, in block order, whatever the module's parameter layout."""
+
+    def key(item: tuple[str, torch.nn.Parameter]) -> tuple[int, int]:
+        name = item[0]
+        return ("beta" in name, int("".join(c for c in name if c.isdigit())))
+
+    return [p.grad for _, p in sorted(scm.named_parameters(), key=key)]
+
+
+def check_operators(backends: list[str], device: torch.device, batch: int, classes: int, grid: int) -> list[str]:
+    """Largest relative differences of each SCM (fp32) from the dense formulas in float64, values and gradients.
+
+    The dense formulas in float32 are listed too: some lambda and beta gradients are sums with heavy
+    cancellation, where float32 itself is off by more than 1e-4.
+    """
+    torch.manual_seed(1)
+    maps = torch.randn(batch, classes, grid, grid, device=device)
+    attn = torch.rand(batch, grid, grid, device=device)
+    variants = [("float64", ReferenceSCM().double(), torch.float64), ("dense fp32", ReferenceSCM(), torch.float32)]
+    variants += [(b, SCM(backend=b), torch.float32) for b in backends]
+    results = {}
+    for label, scm, dtype in variants:
+        scm = scm.to(device)
+        x, a = maps.to(dtype, copy=True).requires_grad_(), attn.to(dtype, copy=True).requires_grad_()
+        out, out_a = scm(x, a)
+        weights = torch.linspace(-1, 1, out.numel(), device=device, dtype=dtype).view_as(out)
+        ((out * weights).sum() + out_a.square().sum()).backward()
+        results[label] = [out, out_a, x.grad, a.grad, *_scalar_grads(scm)]
+    names = [
+        "values",
+        "attention",
+        "grad maps",
+        "grad attn",
+        *(f"grad {n}" for n in ("lambda", "beta") for _ in "1234"),
+    ]
+    lines = []
+    for label in results:
+        if label == "float64":
+            continue
+        errors = [
+            ((mine.double() - ref).abs().max() / ref.abs().max().clamp_min(1e-30)).item()
+            for mine, ref in zip(results[label], results["float64"], strict=True)
+        ]
+        worst = max(range(len(errors)), key=errors.__getitem__)
+        lines.append(
+            f"operator check, {label} vs float64 dense (batch {batch}, {classes} classes, {grid}x{grid}): largest "
+            f"relative difference {errors[worst]:.2e} ({names[worst]}); values and map/attention gradients "
+            f"{max(errors[:4]):.2e} (target 1e-4)"
+        )
+    return lines
 
 
 def run(args: argparse.Namespace) -> list[str]:
@@ -128,6 +182,9 @@ def run(args: argparse.Namespace) -> list[str]:
             row(
                 f"SCM blocks alone, fwd+bwd: {label}", precision, measure(blocks, device, args.steps, args.warmup), bare
             )
+    checks = check_operators(backends, device, min(args.batch, 16), args.classes, size // 16)
+    lines += ["", *checks, ""]
+    print("\n".join(checks), flush=True)
     with torch.no_grad():
         bare_model = model().eval()
         bare = measure(lambda: bare_model(x), device, args.steps, args.warmup)
