@@ -35,10 +35,16 @@ def spatial_gate(
     """
     beta = torch.as_tensor(beta, dtype=u.dtype, device=u.device).clamp_min(beta_min)
     peak = attn.flatten(1).amax(dim=1).clamp_min(eps)[:, None, None]
-    x = F.tanhshrink(u / (beta * peak))
-    low = x.flatten(1).amin(dim=1)[:, None, None]
-    high = x.flatten(1).amax(dim=1)[:, None, None]
-    return (x - low) / (high - low).clamp_min(eps)
+    return minmax(F.tanhshrink(u / (beta * peak)), eps)
+
+
+def minmax(x: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
+    """Min-max normalises each sample of (B, ...) to [0, 1]; ``max - min`` is clamped to ``eps``, so a
+    constant sample becomes zeros, never NaN."""
+    flat = x.flatten(1)
+    low = flat.amin(dim=1, keepdim=True)
+    span = (flat.amax(dim=1, keepdim=True) - low).clamp_min(eps)
+    return ((flat - low) / span).view_as(x)
 
 
 class SCMBlock(nn.Module):

@@ -27,13 +27,14 @@ from einops import rearrange
 from timm.layers import Attention
 from torch import nn
 
+from .calibration import minmax
+
 __all__ = [
     "AttentionCapture",
     "UnsupportedModelError",
     "check_supported",
     "class_attention",
     "grid_size",
-    "minmax",
     "normalize_attention",
     "patch_tokens",
 ]
@@ -236,14 +237,6 @@ def class_attention(rows: Sequence[torch.Tensor], num_prefix_tokens: int, grid: 
     """
     total = torch.stack([row[:, :, num_prefix_tokens:].mean(dim=1) for row in rows]).sum(dim=0)
     return rearrange(total, "b (h w) -> b h w", h=grid[0], w=grid[1])
-
-
-def minmax(x: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
-    """Min-max normalises each (B, ...) sample to [0, 1]; a constant sample becomes zeros, never NaN."""
-    flat = x.flatten(1)
-    low = flat.min(dim=1, keepdim=True).values
-    span = (flat.max(dim=1, keepdim=True).values - low).clamp_min(eps)
-    return ((flat - low) / span).view_as(x)
 
 
 def normalize_attention(raw: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
