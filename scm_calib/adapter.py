@@ -181,7 +181,7 @@ class SCMAdapter(nn.Module):
                 "modules did not run their hooked submodules; was the encoder's forward replaced after wrapping?"
             )
         needs_grad = self.training and torch.is_grad_enabled() and self.scm is not None
-        if needs_grad and any(p.requires_grad for p in self.encoder.parameters()) and not rows[0].requires_grad:
+        if needs_grad and not rows[0].requires_grad and any(p.requires_grad for p in self.encoder.parameters()):
             raise RuntimeError(
                 "the captured attention carries no gradient, so SCM's loss cannot reach the encoder's attention. "
                 "This happens with re-entrant gradient checkpointing: use timm's default non-reentrant "
