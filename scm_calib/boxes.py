@@ -72,7 +72,9 @@ class BlobBoxes(NamedTuple):
 
 
 class _Components(NamedTuple):
-    """8-connected components of the foregrounds of quantised maps, one row per component."""
+    """Connected components of the foregrounds (or backgrounds) of quantised maps, one row per component
+    and level: map, level index, inclusive pixel extents, pixel count, contour area, first pixel (flat
+    index in raster order)."""
 
     batch_index: Tensor
     level_index: Tensor
@@ -82,8 +84,7 @@ class _Components(NamedTuple):
     y1: Tensor
     area: Tensor
     contour_area: Tensor
-    start_x: Tensor
-    start_row: Tensor
+    first: Tensor
 
 
 def wsol_thresholds(step: float = 0.01) -> Tensor:
@@ -210,159 +211,298 @@ def _check_maps(maps: Tensor) -> None:
         )
 
 
-def _runs(quantized: Tensor, levels: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
-    """Foreground runs of every row of every map at every level, sorted by (map, row, level, x).
+# Raster-order neighbourhoods, the centre included: 8-connectivity for blobs, 4 for holes.
+_NEIGHBOURS = {
+    True: tuple((dy, dx) for dy in (-1, 0, 1) for dx in (-1, 0, 1)),
+    False: ((-1, 0), (0, -1), (0, 0), (0, 1), (1, 0)),
+}
+# Each pixel pair once: the neighbours after a pixel in raster order.
+_FORWARD = {True: ((0, 1), (1, -1), (1, 0), (1, 1)), False: ((0, 1), (1, 0))}
+_BIG = 1 << 40
 
-    A run starts at x for the levels in [q[x-1], q[x]) and ends at x for the levels in [q[x+1], q[x]),
-    with zeros outside the map, so runs are found from the level changes between neighbours.
+
+def _quad_mass(c: Tensor) -> Tensor:
+    """Each pixel's share, in half units, of the contour areas of the components it belongs to.
+
+    OpenCV's contour of an 8-connected blob runs through its boundary pixels' centres, and a hole's through
+    the foreground pixels around it. Cut the plane into the unit squares between four pixel centres: a
+    square whose corners hold 3 foreground pixels gives half its area to the blob, one with 4 gives all of
+    it, and the rest of every square belongs to the background pixels in it, half a unit to each of the
+    first two (two diagonal ones may lie in different holes). So a blob's contour area is half the number
+    of squares in which one of its pixels is the 3rd or 4th corner to turn foreground as the level falls,
+    plus the areas of its holes; a hole's is half the number in which one of its pixels is the 1st or 2nd
+    to turn background as the level rises. Breaking ties by raster order one way for blobs and the other
+    way for holes makes these the same pixels, so one map serves both. Squares over the map's border never
+    hold 3 foreground pixels, and holes do not touch the border, so only squares inside the map count.
+
+    Args:
+        c: (B, H, W) number of levels below each pixel's value (foreground at level index ``l`` iff
+            ``c > l``).
 
     Returns:
-        Sort keys (R,), map index, row, level index, first and last x of each run (R,) each.
+        (B, H, W) uint8 half units per pixel, 0 to 4.
     """
-    b, h, w = quantized.shape
-    num_levels = levels.numel()
-    q = F.pad(quantized.to(torch.int32), (1, 1))
-    # below[v] = number of levels < v, so levels in [u, v) have indices [below[u], below[v]).
-    below = torch.searchsorted(levels, torch.arange(257, device=q.device, dtype=levels.dtype)).to(torch.int32)
-    counts = below[q.long()]
-    left, right = counts[..., :-1], counts[..., 1:]
-    stride_x = w + 2
-
-    def events(first: Tensor, last: Tensor, shift: int) -> Tensor:
-        n = (last - first).clamp(min=0).flatten()  # (B * H * (W + 1),) levels changing at each pair
-        pair = n.nonzero()[:, 0]
-        n_sel = n[pair].long()
-        group = torch.repeat_interleave(n_sel)
-        offset = torch.arange(group.numel(), device=q.device) - (torch.cumsum(n_sel, 0) - n_sel)[group]
-        level = first.flatten()[pair].long()[group] + offset
-        pair = pair[group]
-        image_row = torch.div(pair, w + 1, rounding_mode="floor")
-        row_key = image_row * num_levels + level
-        return torch.sort(row_key * stride_x + (pair - image_row * (w + 1)) + shift).values
-
-    starts = events(left, right, 1)  # pair j is (x = j - 1, x = j): a run starts at x = j, key x + 1
-    ends = events(right, left, 0)  # a run ends at x = j - 1, key x + 1
-    row_key = torch.div(starts, stride_x, rounding_mode="floor")
-    x0 = starts - row_key * stride_x - 1
-    x1 = ends - row_key * stride_x - 1
-    level = row_key % num_levels
-    image_row = torch.div(row_key, num_levels, rounding_mode="floor")
-    return starts, torch.div(image_row, h, rounding_mode="floor"), image_row % h, level, x0, x1
+    tl, tr, bl, br = c[:, :-1, :-1], c[:, :-1, 1:], c[:, 1:, :-1], c[:, 1:, 1:]
+    # A corner's rank in its square: the corners before it, by c and then raster order (tl, tr, bl, br).
+    rank_tl = (tr < tl).to(torch.uint8) + (bl < tl) + (br < tl)
+    rank_tr = (tl <= tr).to(torch.uint8) + (bl < tr) + (br < tr)
+    rank_bl = (tl <= bl).to(torch.uint8) + (tr <= bl) + (br < bl)
+    rank_br = (tl <= br).to(torch.uint8) + (tr <= br) + (bl <= br)
+    mass = torch.zeros(c.shape, dtype=torch.uint8, device=c.device)
+    mass[:, :-1, :-1] += rank_tl <= 1
+    mass[:, :-1, 1:] += rank_tr <= 1
+    mass[:, 1:, :-1] += rank_bl <= 1
+    mass[:, 1:, 1:] += rank_br <= 1
+    return mass
 
 
-def _components(quantized: Tensor, levels: Tensor, eight: bool = True) -> tuple[_Components, Tensor, Tensor]:
-    """Connected components of ``quantized > level`` for every map and every level.
+def _basins(key: Tensor, present: Tensor, eight: bool) -> tuple[Tensor, Tensor]:
+    """Cut the present pixels into basins: trees in which every pixel points to its earliest neighbour.
+
+    A pixel's parent is the neighbour (or itself) of largest ``key``, ties to the first in raster order,
+    so a parent is present whenever its child is and every basin is connected at every level. Pointer
+    jumping finds each pixel's root.
+
+    Args:
+        key: (B, H, W) int16 order of appearance, larger first (0 to 255).
+        present: (B, H, W) bool, pixels present at some level.
+        eight: 8- or 4-connectivity.
+
+    Returns:
+        (N,) int32 flat index of each pixel's root (absent pixels are their own) and (N,) bool roots of
+        present pixels.
+    """
+    b, h, w = key.shape
+    k = F.pad((key + 1).masked_fill_(~present, 0) * 16, (1, 1, 1, 1))
+    neighbours = _NEIGHBOURS[eight]
+    best = None
+    for rank, (dy, dx) in enumerate(neighbours):
+        # Larger key first; on ties the larger code, i.e. the first neighbour in raster order.
+        value = k[:, 1 + dy : h + 1 + dy, 1 + dx : w + 1 + dx] + (len(neighbours) - 1 - rank)
+        best = value if best is None else torch.maximum(best, value, out=best)
+    offsets = torch.tensor([dy * w + dx for dy, dx in reversed(neighbours)], device=key.device, dtype=torch.int32)
+    step = torch.index_select(offsets, 0, (best & 15).flatten().int()).masked_fill_(~present.flatten(), 0)
+    parent = torch.arange(b * h * w, device=key.device, dtype=torch.int32).add_(step)
+    while True:  # pointer jumping (index_select on int32 is several times faster than indexing here)
+        grand = torch.index_select(parent, 0, parent)
+        if torch.equal(grand, parent):
+            return parent, (step == 0) & present.flatten()
+        parent = grand
+
+
+class _BasinTables(NamedTuple):
+    """What the basins of some maps hold, step by step (see :func:`_basin_tables`)."""
+
+    basin: Tensor
+    root_step: Tensor
+    lower: Tensor
+    upper: Tensor
+    first_step: Tensor
+    sums: Tensor
+    extents: Tensor
+
+
+def _basin_tables(key: Tensor, appear: Tensor, num_steps: int, eight: bool, mass: Tensor) -> _BasinTables:
+    """The pixel work of :func:`_sweep` for a few maps: basins, where they touch, what they hold by each step.
+
+    Returns:
+        Each pixel's basin (N,) (``num_basins`` for pixels never present), each basin's first step,
+        each pair of touching basins (lower < upper) with the first step at which they touch, and per basin
+        and step, accumulated over steps: pixel count plus half units of contour area << 32 (num_basins,
+        num_steps) and the least and greatest x and flat index (4, num_basins, num_steps) int32.
+    """
+    b, h, w = key.shape
+    device = key.device
+    present = appear < num_steps
+    parent, is_root = _basins(key, present, eight)
+    num_basins = int(is_root.sum())
+    rank = torch.cumsum(is_root, 0, dtype=torch.int32).sub_(1)
+    basin = torch.index_select(rank, 0, parent).masked_fill_(~present.flatten(), num_basins)
+
+    # The first step at which each pair of touching basins touch (never, if a pixel is never present):
+    # compare each pixel with the next one in each forward direction, flat, then drop the pairs that wrap
+    # around a row or a map.
+    flat_appear = appear.flatten()
+    pixels, others = [], []
+    for dy, dx in _FORWARD[eight]:
+        offset = dy * w + dx
+        pixel = (basin[:-offset] != basin[offset:]).nonzero()[:, 0]
+        x, y = pixel % w, torch.div(pixel % (h * w), w, rounding_mode="floor")
+        valid = (x + dx >= 0) & (x + dx < w) & (y + dy < h)
+        pixels.append(pixel[valid])
+        others.append(pixel[valid] + offset)
+    pixel, other = torch.cat(pixels), torch.cat(others)
+    a, c = basin[pixel].long(), basin[other].long()
+    step = torch.maximum(flat_appear[pixel], flat_appear[other])
+    lower, upper, first_step = _first_touch(torch.minimum(a, c), torch.maximum(a, c), step, num_basins, num_steps)
+
+    # Per (basin, step) slot; pixels never present land past the end.
+    slot = (basin.long() * num_steps).add_(flat_appear)
+    size = (num_basins + 1) * num_steps + 1
+    sums = torch.zeros(size, dtype=torch.int64, device=device)
+    sums.scatter_add_(0, slot, (mass.flatten().long() << 32).add_(1))
+    sums = sums[: num_basins * num_steps].view(num_basins, num_steps).cumsum(1)
+    x = torch.arange(w, device=device, dtype=torch.int32).expand(b, h, w).flatten()
+    index = torch.arange(b * h * w, device=device, dtype=torch.int32)
+    extents = []
+    for values, how in ((x, "amin"), (x, "amax"), (index, "amin"), (index, "amax")):
+        table = torch.full((size,), b * h * w if how == "amin" else -1, dtype=torch.int32, device=device)
+        table = table.scatter_reduce_(0, slot, values, how)[: num_basins * num_steps].view(num_basins, num_steps)
+        extents.append((table.cummin(1) if how == "amin" else table.cummax(1)).values)
+    root_step = appear.flatten()[is_root]
+    return _BasinTables(basin, root_step, lower, upper, first_step, sums, torch.stack(extents))
+
+
+def _first_touch(
+    lower: Tensor, upper: Tensor, step: Tensor, num_basins: int, num_steps: int
+) -> tuple[Tensor, Tensor, Tensor]:
+    """The distinct pairs ``lower < upper`` (basins ``num_basins`` stand for never-present pixels) and the
+    least step of each, leaving out pairs that never touch (step ``num_steps``)."""
+    if num_basins * num_basins <= 1 << 22:  # a dense table is cheaper than sorting the pixel pairs
+        table = torch.full(((num_basins + 1) ** 2,), num_steps, dtype=step.dtype, device=step.device)
+        table.scatter_reduce_(0, lower * (num_basins + 1) + upper, step, "amin")
+        pair = (table < num_steps).nonzero()[:, 0]
+        first_step = table[pair]
+    else:
+        pair, inverse = torch.unique(lower * (num_basins + 1) + upper, return_inverse=True)
+        first_step = torch.full_like(pair, num_steps).scatter_reduce_(0, inverse, step, "amin")
+        keep = first_step < num_steps
+        pair, first_step = pair[keep], first_step[keep]
+    return torch.div(pair, num_basins + 1, rounding_mode="floor"), pair % (num_basins + 1), first_step
+
+
+def _sweep(
+    key: Tensor,
+    appear: Tensor,
+    num_steps: int,
+    eight: bool,
+    mass: Tensor,
+    extra_mass: tuple[Tensor, Tensor, Tensor] | None = None,
+    maps_at_once: int = 4,
+) -> Tensor:
+    """Connected components of ``{appear <= s}`` at every step ``s``, with extents, areas and contour areas.
+
+    Pixels join as steps go on, so components only grow and merge. Each basin (see :func:`_basins`) lies
+    inside one component at every step, so only basins need joining: a per-basin table of what has joined by
+    each step, and the first step at which each pair of basins touch, are all the work over pixels (done
+    ``maps_at_once`` maps at a time, to stay in cache); the steps then merge a few hundred basins per map.
+
+    Args:
+        key: (B, H, W) int16 order of appearance, larger first, consistent with ``appear``.
+        appear: (B, H, W) int64 step at which each pixel joins; ``num_steps`` for never.
+        num_steps: Number of steps.
+        eight: 8-connectivity (blobs) or 4 (holes).
+        mass: (B, H, W) half units of contour area per pixel (see :func:`_quad_mass`).
+        extra_mass: ``(step, pixel, half_units)``: half units to add to the component holding a flat
+            pixel index at a step (holes' contour areas, added to the blobs around them).
+        maps_at_once: Maps per pass of the pixel work.
+
+    Returns:
+        (R, 9) int64 table of the components of all steps: map, step, x0, y0, x1, y1 (pixel extents,
+        inclusive), pixel count, contour area in half units, and the flat index of the first pixel.
+    """
+    b, h, w = key.shape
+    device = key.device
+    parts, offset = [], 0
+    for start in range(0, b, maps_at_once):
+        part = _basin_tables(
+            *(t[start : start + maps_at_once] for t in (key, appear)),
+            num_steps,
+            eight,
+            mass[start : start + maps_at_once],
+        )
+        num_part = part.root_step.numel()
+        pixel_offset = start * h * w
+        parts.append(
+            part._replace(
+                basin=part.basin + offset,  # pixels never present get a basin id past this part's
+                lower=part.lower + offset,
+                upper=part.upper + offset,
+                extents=part.extents
+                + torch.tensor([0, 0, pixel_offset, pixel_offset], device=device, dtype=torch.int32)[:, None, None],
+            )
+        )
+        offset += num_part
+    num_basins = offset
+    tables = _BasinTables(*(torch.cat([p[i] for p in parts], dim=-2 if i == 6 else 0) for i in range(7)))
+    by_step = torch.argsort(tables.first_step)
+    lower, upper, first_step = tables.lower[by_step], tables.upper[by_step], tables.first_step[by_step]
+    bounds = torch.searchsorted(first_step, torch.arange(num_steps + 1, device=device)).tolist()
+
+    # The component of each basin at each step (its least basin), merging as touching basins join.
+    comp = torch.arange(num_basins, device=device)
+    comps = []
+    for step in range(num_steps):
+        if bounds[step + 1] > bounds[step]:
+            a, c = comp[lower[bounds[step] : bounds[step + 1]]], comp[upper[bounds[step] : bounds[step + 1]]]
+            comp = _union_find(num_basins, torch.minimum(a, c), torch.maximum(a, c))[comp]
+        comps.append(comp)
+    comp_at = torch.stack(comps)  # (num_steps, num_basins)
+
+    # Reduce each component's basins, step by step.
+    group = (comp_at + torch.arange(num_steps, device=device)[:, None] * num_basins).flatten()
+    size = num_steps * num_basins
+    extents = []
+    for values, how in zip(tables.extents, ("amin", "amax", "amin", "amax"), strict=True):
+        out = torch.full((size,), b * h * w if how == "amin" else -1, dtype=torch.int32, device=device)
+        extents.append(out.scatter_reduce_(0, group, values.t().flatten(), how).long())
+    total = torch.zeros(size, dtype=torch.int64, device=device).index_add_(0, group, tables.sums.t().flatten())
+    count, half_units = total & 0xFFFFFFFF, total >> 32
+    if extra_mass is not None:
+        at_step, pixel, extra = extra_mass
+        owner = comp_at[at_step, tables.basin[pixel]]
+        half_units = half_units.index_add(0, at_step * num_basins + owner, extra)
+    alive = tables.root_step[None, :] <= torch.arange(num_steps, device=device)[:, None]
+    rows = ((comp_at == torch.arange(num_basins, device=device)) & alive).flatten().nonzero()[:, 0]
+    x0, x1, first, last = (values[rows] for values in extents)
+    map_of = torch.div(first, h * w, rounding_mode="floor")
+    y0 = torch.div(first - map_of * h * w, w, rounding_mode="floor")
+    y1 = torch.div(last - map_of * h * w, w, rounding_mode="floor")
+    step_of = torch.div(rows, num_basins, rounding_mode="floor")
+    return torch.stack([map_of, step_of, x0, y0, x1, y1, count[rows], half_units[rows], first], dim=1)
+
+
+def _component_tables(quantized: Tensor, levels: Tensor, holes: bool = True) -> tuple[_Components, _Components]:
+    """Blobs (8-connected foreground) and holes of ``quantized > level`` for every map and every level.
+
+    A blob's contour area includes its holes' contour areas, as OpenCV's outer contour encloses them; the
+    holes are found first (background grows with the level) and each adds its area to the blob holding
+    the pixel left of its first pixel.
 
     Args:
         quantized: (B, H, W) uint8 maps.
         levels: (L,) sorted, distinct int64 levels.
-        eight: 8-connectivity (foreground blobs) or 4-connectivity (holes).
+        holes: Find the holes; without them, blobs' contour areas leave the holes out.
 
     Returns:
-        One row per component, with its map, level index, inclusive pixel extents, pixel count, the
-        area of its contour polygon (for blobs, through their boundary pixels' centres, holes not
-        included; for holes, through the centres of the foreground pixels around them) and its first
-        pixel in raster order. Then the sorted end keys (R,) of the runs and each run's component (R,).
+        Blobs and holes, one row per component and level; holes have pixel extents and count 0 pixels.
     """
     _, h, w = quantized.shape
     num_levels = levels.numel()
-    stride_x = w + 2
-    reach = 1 if eight else 0
-    keys, image, row, level, x0, x1 = _runs(quantized, levels)
-    num_runs = keys.numel()
-    device = keys.device
-    if num_runs == 0:
-        empty = keys.new_zeros(0)
-        fields = [empty] * 7 + [empty.double()] + [empty] * 2
-        return _Components(*fields), empty, empty
-    # Runs of the next row (same map, same level) touching [x0 - reach, x1 + reach] form a contiguous range.
-    next_row = (keys - x0 - 1) + num_levels * stride_x
-    end_keys = keys - x0 + x1
-    first = torch.searchsorted(end_keys, next_row + x0 + 1 - reach)
-    last = torch.searchsorted(keys, next_row + x1 + 1 + reach, right=True) - 1
-    touching = (first <= last) & (row < h - 1)
-    runs = torch.arange(num_runs, device=device)
-    src, dst = runs[touching], first[touching]
-    # Consecutive runs j, j + 1 of one range are joined through the run above them.
-    cover = torch.zeros(num_runs + 1, dtype=torch.int64, device=device)
-    cover.index_add_(0, first[touching], torch.ones_like(src))
-    cover.index_add_(0, last[touching], -torch.ones_like(src))
-    chained = (torch.cumsum(cover, 0)[:num_runs] > 0).nonzero()[:, 0]
-    parent = _union_find(num_runs, torch.cat([src, chained]), torch.cat([dst, chained + 1]))
-
-    is_root = parent == runs
-    comp = (torch.cumsum(is_root, 0) - 1)[parent]
-    roots = is_root.nonzero()[:, 0]
-    n = roots.numel()
-
-    def reduce(values: Tensor, how: str, index: Tensor = comp) -> Tensor:
-        return values.new_zeros(n).scatter_reduce_(0, index, values, how, include_self=False)
-
-    span = (last - first + 1).clamp(min=0) * touching
-    upper = torch.repeat_interleave(runs, span)
-    lower = first[upper] + torch.arange(upper.numel(), device=device) - (torch.cumsum(span, 0) - span)[upper]
-    a, c, b, d = x0[upper], x1[upper], x0[lower], x1[lower]
-    if eight:
-        # Polygon through the blob's boundary pixels between touching runs a..c (above) and b..d (below):
-        # it moves one pixel diagonally per row, so the left edge runs from max(a, b - 1) to
-        # max(b, a - 1) and the right edge from min(c, d + 1) to min(d, c + 1).
-        top = torch.minimum(c, d + 1) - torch.maximum(a, b - 1)
-        bottom = torch.minimum(d, c + 1) - torch.maximum(b, a - 1)
-        strip = ((top + bottom).clamp(min=0) / 2).to(torch.float64)
-        caps = torch.zeros(0, dtype=torch.float64, device=device)
-        cap_runs = caps.long()
-    else:
-        # Polygon through the foreground pixels around a hole: it passes one pixel outside each run, and
-        # a run with no hole run above (below) adds a cap of its length.
-        top = torch.maximum(c + 1, d) - torch.minimum(a - 1, b)
-        bottom = torch.maximum(d + 1, c) - torch.minimum(b - 1, a)
-        strip = ((top + bottom) / 2).to(torch.float64)
-        has_above = torch.zeros(num_runs, dtype=torch.int64, device=device).index_fill_(0, lower, 1)
-        open_sides = (1 - has_above) + (1 - touching.long())
-        cap_runs = runs
-        caps = (open_sides * (x1 - x0 + 1)).to(torch.float64)
-    contour_area = torch.zeros(n, dtype=torch.float64, device=device)
-    contour_area.index_add_(0, comp[upper], strip).index_add_(0, comp[cap_runs], caps)
-    components = _Components(
-        batch_index=image[roots],
-        level_index=level[roots],
-        x0=reduce(x0, "amin"),
-        y0=reduce(row, "amin"),
-        x1=reduce(x1, "amax"),
-        y1=reduce(row, "amax"),
-        area=reduce(x1 - x0 + 1, "sum"),
-        contour_area=contour_area,
-        start_x=x0[roots],
-        start_row=row[roots],
-    )
-    return components, end_keys, comp
+    if quantized.numel() >= 2**31:
+        raise ValueError(f"a chunk of {quantized.numel()} pixels is too large; pass a smaller chunk_size.")
+    below = torch.searchsorted(levels, torch.arange(256, device=quantized.device, dtype=levels.dtype))
+    c = below[quantized.long()]  # foreground at level index l iff c > l
+    mass = _quad_mass(c.to(torch.int16))
+    key = quantized.to(torch.int16)
+    hole_rows = c.new_zeros(0, 9)
+    extra_mass = None
+    if holes:
+        # Background at level l iff c <= l: step l, and 4-connected components off the border are holes.
+        rows = _sweep(255 - key, c, num_levels, False, mass)
+        inside = (rows[:, 2] > 0) & (rows[:, 3] > 0) & (rows[:, 4] < w - 1) & (rows[:, 5] < h - 1)
+        hole_rows = rows[inside]
+        extra_mass = (num_levels - 1 - hole_rows[:, 1], hole_rows[:, 8] - 1, hole_rows[:, 7])
+    # Foreground at level l iff c > l: step L - 1 - l.
+    blob_rows = _sweep(key, num_levels - c, num_levels, True, mass, extra_mass)
+    blob_rows[:, 1] = num_levels - 1 - blob_rows[:, 1]
+    blobs, holes_out = (_as_components(rows) for rows in (blob_rows, hole_rows))
+    return blobs, holes_out._replace(area=torch.zeros_like(holes_out.area))
 
 
-def _holes(quantized: Tensor, levels: Tensor) -> _Components:
-    """Holes of the foregrounds: 4-connected background components that do not touch the border.
-
-    Returns:
-        The holes' rows in the layout of :func:`_components`, extents of the hole pixels.
-    """
-    h, w = quantized.shape[-2:]
-    # Background q <= level is (255 - q) > 254 - level; reversed so that the levels stay ascending.
-    holes, _, _ = _components(255 - quantized, (254 - levels).flip(0), eight=False)
-    inside = (holes.x0 > 0) & (holes.y0 > 0) & (holes.x1 < w - 1) & (holes.y1 < h - 1)
-    holes = _Components(*(field[inside] for field in holes))
-    return holes._replace(level_index=levels.numel() - 1 - holes.level_index)
-
-
-def _blob_components(quantized: Tensor, levels: Tensor) -> tuple[_Components, _Components]:
-    """Blobs and holes; each blob's contour area includes the contour areas of its holes, like OpenCV's."""
-    blobs, end_keys, comp = _components(quantized, levels)
-    holes = _holes(quantized, levels)
-    if holes.x0.numel():
-        # The pixel left of a hole's first pixel ends a run of the blob around the hole.
-        h, w = quantized.shape[-2:]
-        row_key = (holes.batch_index * h + holes.start_row) * levels.numel() + holes.level_index
-        run = torch.searchsorted(end_keys, row_key * (w + 2) + holes.start_x)
-        blobs.contour_area.index_add_(0, comp[run], holes.contour_area)
-    return blobs, holes
+def _as_components(rows: Tensor) -> _Components:
+    fields = rows.unbind(1)
+    return _Components(*fields[:7], contour_area=fields[7].to(torch.float64) / 2, first=fields[8])
 
 
 def _union_find(num_nodes: int, src: Tensor, dst: Tensor) -> Tensor:
@@ -415,18 +555,20 @@ class _Blobs(NamedTuple):
     area: Tensor
     contour_area: Tensor
     hole: Tensor
+    first: Tensor
 
 
-def _blobs(quantized: Tensor, levels: Tensor, holes: bool) -> _Blobs:
-    """Blobs of every (map, level) slot ``map * L + level``, with the boxes of holes when ``holes``.
+def _blobs(quantized: Tensor, levels: Tensor, hole_boxes: bool, contour_areas: bool) -> _Blobs:
+    """Blobs of every (map, level) slot ``map * L + level``, with the boxes of holes when ``hole_boxes``.
 
     A blob with pixel extents ``x0..x1`` gives ``[x0, y0, x1 + 1, y1 + 1]``; a hole's contour runs
     through the foreground pixels around it, so a hole with extents ``x0..x1`` gives
-    ``[x0 - 1, y0 - 1, x1 + 2, y1 + 2]``; both clipped to ``W - 1``, ``H - 1``.
+    ``[x0 - 1, y0 - 1, x1 + 2, y1 + 2]``; both clipped to ``W - 1``, ``H - 1``. The holes are found
+    when their boxes or the blobs' contour areas (which include the holes) are needed.
     """
     h, w = quantized.shape[-2:]
-    blobs, hole_rows = _blob_components(quantized, levels)
-    parts = [(blobs, 0)] + ([(hole_rows, 1)] if holes else [])
+    blobs, hole_rows = _component_tables(quantized, levels, holes=hole_boxes or contour_areas)
+    parts = [(blobs, 0)] + ([(hole_rows, 1)] if hole_boxes else [])
     rows = []
     for comps, grow in parts:
         boxes = torch.stack(
@@ -440,8 +582,8 @@ def _blobs(quantized: Tensor, levels: Tensor, holes: bool) -> _Blobs:
         )
         slot = comps.batch_index * levels.numel() + comps.level_index
         hole = torch.full_like(slot, bool(grow), dtype=torch.bool)
-        rows.append(_Blobs(boxes, slot, comps.area, comps.contour_area, hole))
-    return _Blobs(*(torch.cat([part[i] for part in rows]) for i in range(5)))
+        rows.append(_Blobs(boxes, slot, comps.area, comps.contour_area, hole, comps.first))
+    return _Blobs(*(torch.cat([part[i] for part in rows]) for i in range(6)))
 
 
 def _largest(blobs: _Blobs, num_slots: int) -> Tensor:
@@ -453,10 +595,13 @@ def _largest(blobs: _Blobs, num_slots: int) -> Tensor:
     area = torch.where(blobs.hole, -1.0, blobs.contour_area)
     most = torch.full((num_slots,), -1.0, dtype=torch.float64, device=area.device)
     most.scatter_reduce_(0, blobs.slot, area, "amax")
-    is_max = (area == most[blobs.slot]) & ~blobs.hole
-    index = torch.arange(area.numel(), device=area.device)
+    first = torch.where((area == most[blobs.slot]) & ~blobs.hole, blobs.first, -1)
+    last_start = torch.full((num_slots,), -1, dtype=torch.int64, device=area.device)
+    last_start.scatter_reduce_(0, blobs.slot, first, "amax")
+    pick = (first >= 0) & (first == last_start[blobs.slot])
     best = torch.full((num_slots,), -1, dtype=torch.int64, device=area.device)
-    return best.scatter_reduce_(0, blobs.slot[is_max], index[is_max], "amax")
+    best[blobs.slot[pick]] = torch.arange(area.numel(), device=area.device)[pick]
+    return best
 
 
 def blob_boxes(
@@ -503,7 +648,7 @@ def _blob_boxes(
         q = quantized[chunk]
         levels, level_index = _level_table(q, taus)
         num_slots = q.shape[0] * levels.numel()
-        blobs = _blobs(q, levels, holes and not largest_only)
+        blobs = _blobs(q, levels, hole_boxes=holes and not largest_only, contour_areas=largest_only)
         maps = torch.arange(q.shape[0], device=device)
         pair_slot = (maps[:, None] * levels.numel() + level_index).flatten()
         if largest_only:
@@ -660,7 +805,7 @@ def _best_box_iou(
         q, gt_chunk, valid_chunk = quantized[chunk], gt[chunk], valid[chunk]
         levels, level_index = _level_table(q, taus)
         num_slots = q.shape[0] * levels.numel()
-        blobs = _blobs(q, levels, holes)
+        blobs = _blobs(q, levels, hole_boxes=holes, contour_areas=True)
         image = torch.div(blobs.slot, levels.numel(), rounding_mode="floor")
         iou = _iou(blobs.boxes.to(torch.float64)[:, None], gt_chunk[image])
         iou = torch.where(valid_chunk[image], iou, -1.0).amax(dim=1)
