@@ -118,8 +118,17 @@ def resize_maps(maps: Tensor, size: tuple[int, int], interpolation: str = "bicub
     _check_maps(maps)
     if tuple(maps.shape[-2:]) == tuple(size):
         return maps.float()
-    out = F.interpolate(maps.float()[:, None], size=tuple(size), mode=interpolation, align_corners=False)
-    return out[:, 0]
+    # Interpolation is linear and separable: rows then columns, as two small matrix products (several
+    # times faster than F.interpolate on the CPU, equal to float rounding).
+    rows = _interpolation_matrix(size[0], maps.shape[-2], interpolation, maps.device)
+    cols = _interpolation_matrix(size[1], maps.shape[-1], interpolation, maps.device)
+    return rows @ maps.float() @ cols.t()
+
+
+def _interpolation_matrix(out_size: int, in_size: int, interpolation: str, device: torch.device) -> Tensor:
+    """(out_size, in_size) weights of F.interpolate along one axis (``align_corners=False``)."""
+    eye = torch.eye(in_size, device=device)[None, None]
+    return F.interpolate(eye, size=(out_size, in_size), mode=interpolation, align_corners=False)[0, 0]
 
 
 def normalize_maps(maps: Tensor) -> Tensor:
@@ -132,14 +141,19 @@ def normalize_maps(maps: Tensor) -> Tensor:
         (B, H, W) float32 maps in [0, 1].
     """
     _check_maps(maps)
-    maps = maps.float()
+    return _normalize_(maps.float().clone())
+
+
+def _normalize_(maps: Tensor) -> Tensor:
+    """:func:`normalize_maps` in place on float32 maps."""
     flat = maps.flatten(1)
-    low = flat.amin(dim=1)
-    span = flat.amax(dim=1) - low
-    bad = torch.isnan(flat).any(dim=1) | ~(span > 0) | ~torch.isfinite(span)
-    span = torch.where(bad, torch.ones_like(span), span)
-    out = (maps - low[:, None, None]) / span[:, None, None]
-    return torch.where(bad[:, None, None], torch.zeros_like(out), out)
+    low, high = flat.amin(dim=1), flat.amax(dim=1)  # NaN propagates to both
+    span = high - low
+    bad = ~(span > 0) | ~torch.isfinite(span)
+    maps.sub_(low[:, None, None]).div_(span[:, None, None])
+    if bool(bad.any()):
+        maps[bad] = 0.0
+    return maps
 
 
 def quantize_maps(maps: Tensor) -> Tensor:
@@ -174,9 +188,11 @@ def prepare_maps(maps: Tensor, size: tuple[int, int] | None = None, interpolatio
                 f"size={size}; pass float score maps to resize them."
             )
         return maps
-    if size is not None:
-        maps = resize_maps(maps, size, interpolation)
-    return quantize_maps(normalize_maps(maps))
+    if size is not None and tuple(maps.shape[-2:]) != tuple(size):
+        maps = resize_maps(maps, size, interpolation)  # a new tensor, free to change in place
+    else:
+        maps = maps.float().clone()
+    return _normalize_(maps).mul_(255).clamp_(0, 255).to(torch.uint8)
 
 
 def threshold_levels(quantized: Tensor, thresholds: Tensor | Sequence[float]) -> Tensor:
@@ -273,13 +289,19 @@ def _basins(key: Tensor, present: Tensor, eight: bool) -> tuple[Tensor, Tensor]:
         present pixels.
     """
     b, h, w = key.shape
+    # Larger key first; on ties the larger code (low 4 bits), i.e. the first neighbour in raster order.
     k = F.pad((key + 1).masked_fill_(~present, 0) * 16, (1, 1, 1, 1))
     neighbours = _NEIGHBOURS[eight]
-    best = None
-    for rank, (dy, dx) in enumerate(neighbours):
-        # Larger key first; on ties the larger code, i.e. the first neighbour in raster order.
-        value = k[:, 1 + dy : h + 1 + dy, 1 + dx : w + 1 + dx] + (len(neighbours) - 1 - rank)
-        best = value if best is None else torch.maximum(best, value, out=best)
+    if eight:  # the 3 x 3 maximum is separable: codes 3 * (1 - dy) + (1 - dx)
+        row = torch.maximum(k[:, :, :-2] + 2, k[:, :, 1:-1] + 1)
+        row = torch.maximum(row, k[:, :, 2:], out=row)
+        best = torch.maximum(row[:, :-2] + 6, row[:, 1:-1] + 3)
+        best = torch.maximum(best, row[:, 2:], out=best)
+    else:
+        best = None
+        for rank, (dy, dx) in enumerate(neighbours):
+            value = k[:, 1 + dy : h + 1 + dy, 1 + dx : w + 1 + dx] + (len(neighbours) - 1 - rank)
+            best = value if best is None else torch.maximum(best, value, out=best)
     offsets = torch.tensor([dy * w + dx for dy, dx in reversed(neighbours)], device=key.device, dtype=torch.int32)
     step = torch.index_select(offsets, 0, (best & 15).flatten().int()).masked_fill_(~present.flatten(), 0)
     parent = torch.arange(b * h * w, device=key.device, dtype=torch.int32).add_(step)
@@ -302,8 +324,12 @@ class _BasinTables(NamedTuple):
     extents: Tensor
 
 
-def _basin_tables(key: Tensor, appear: Tensor, num_steps: int, eight: bool, mass: Tensor) -> _BasinTables:
+def _basin_tables(key: Tensor, appear: Tensor, num_steps: int, eight: bool, packed: Tensor) -> _BasinTables:
     """The pixel work of :func:`_sweep` for a few maps: basins, where they touch, what they hold by each step.
+
+    Args:
+        key, appear, num_steps, eight: As for :func:`_sweep`.
+        packed: (N,) int64 pixel count plus half units of contour area << 32 of each pixel.
 
     Returns:
         Each pixel's basin (N,) (``num_basins`` for pixels never present), each basin's first step,
@@ -320,27 +346,26 @@ def _basin_tables(key: Tensor, appear: Tensor, num_steps: int, eight: bool, mass
     basin = torch.index_select(rank, 0, parent).masked_fill_(~present.flatten(), num_basins)
 
     # The first step at which each pair of touching basins touch (never, if a pixel is never present):
-    # compare each pixel with the next one in each forward direction, flat, then drop the pairs that wrap
-    # around a row or a map.
+    # each pixel against its neighbour in each forward direction, inside the map.
+    forward = _FORWARD[eight]
+    grid = basin.view(b, h, w)
+    differ = torch.zeros(len(forward), b, h, w, dtype=torch.bool, device=device)
+    for out, (dy, dx) in zip(differ, forward, strict=True):
+        x_lo, x_hi = max(0, -dx), w - max(0, dx)
+        here = grid[:, : h - dy, x_lo:x_hi]
+        torch.ne(here, grid[:, dy:, x_lo + dx : x_hi + dx], out=out[:, : h - dy, x_lo:x_hi])
+    direction, pixel = differ.view(len(forward), -1).nonzero(as_tuple=True)
+    offsets = torch.tensor([dy * w + dx for dy, dx in forward], device=device)
+    other = pixel + torch.index_select(offsets, 0, direction)
+    a, c = torch.index_select(basin, 0, pixel).long(), torch.index_select(basin, 0, other).long()
     flat_appear = appear.flatten()
-    pixels, others = [], []
-    for dy, dx in _FORWARD[eight]:
-        offset = dy * w + dx
-        pixel = (basin[:-offset] != basin[offset:]).nonzero()[:, 0]
-        x, y = pixel % w, torch.div(pixel % (h * w), w, rounding_mode="floor")
-        valid = (x + dx >= 0) & (x + dx < w) & (y + dy < h)
-        pixels.append(pixel[valid])
-        others.append(pixel[valid] + offset)
-    pixel, other = torch.cat(pixels), torch.cat(others)
-    a, c = basin[pixel].long(), basin[other].long()
-    step = torch.maximum(flat_appear[pixel], flat_appear[other])
+    step = torch.maximum(torch.index_select(flat_appear, 0, pixel), torch.index_select(flat_appear, 0, other))
     lower, upper, first_step = _first_touch(torch.minimum(a, c), torch.maximum(a, c), step, num_basins, num_steps)
 
     # Per (basin, step) slot; pixels never present land past the end.
-    slot = (basin.long() * num_steps).add_(flat_appear)
+    slot = (basin * num_steps).add_(flat_appear).long()
     size = (num_basins + 1) * num_steps + 1
-    sums = torch.zeros(size, dtype=torch.int64, device=device)
-    sums.scatter_add_(0, slot, (mass.flatten().long() << 32).add_(1))
+    sums = torch.zeros(size, dtype=torch.int64, device=device).scatter_add_(0, slot, packed)
     sums = sums[: num_basins * num_steps].view(num_basins, num_steps).cumsum(1)
     x = torch.arange(w, device=device, dtype=torch.int32).expand(b, h, w).flatten()
     index = torch.arange(b * h * w, device=device, dtype=torch.int32)
@@ -349,7 +374,7 @@ def _basin_tables(key: Tensor, appear: Tensor, num_steps: int, eight: bool, mass
         table = torch.full((size,), b * h * w if how == "amin" else -1, dtype=torch.int32, device=device)
         table = table.scatter_reduce_(0, slot, values, how)[: num_basins * num_steps].view(num_basins, num_steps)
         extents.append((table.cummin(1) if how == "amin" else table.cummax(1)).values)
-    root_step = appear.flatten()[is_root]
+    root_step = flat_appear[is_root]
     return _BasinTables(basin, root_step, lower, upper, first_step, sums, torch.stack(extents))
 
 
@@ -376,7 +401,7 @@ def _sweep(
     appear: Tensor,
     num_steps: int,
     eight: bool,
-    mass: Tensor,
+    packed: Tensor,
     extra_mass: tuple[Tensor, Tensor, Tensor] | None = None,
     maps_at_once: int = 4,
 ) -> Tensor:
@@ -389,10 +414,10 @@ def _sweep(
 
     Args:
         key: (B, H, W) int16 order of appearance, larger first, consistent with ``appear``.
-        appear: (B, H, W) int64 step at which each pixel joins; ``num_steps`` for never.
+        appear: (B, H, W) int16 step at which each pixel joins; ``num_steps`` for never.
         num_steps: Number of steps.
         eight: 8-connectivity (blobs) or 4 (holes).
-        mass: (B, H, W) half units of contour area per pixel (see :func:`_quad_mass`).
+        packed: (N,) int64 per pixel, 1 + (half units of contour area << 32) (see :func:`_quad_mass`).
         extra_mass: ``(step, pixel, half_units)``: half units to add to the component holding a flat
             pixel index at a step (holes' contour areas, added to the blobs around them).
         maps_at_once: Maps per pass of the pixel work.
@@ -409,7 +434,7 @@ def _sweep(
             *(t[start : start + maps_at_once] for t in (key, appear)),
             num_steps,
             eight,
-            mass[start : start + maps_at_once],
+            packed[start * h * w : (start + maps_at_once) * h * w],
         )
         num_part = part.root_step.numel()
         pixel_offset = start * h * w
@@ -439,27 +464,28 @@ def _sweep(
         comps.append(comp)
     comp_at = torch.stack(comps)  # (num_steps, num_basins)
 
-    # Reduce each component's basins, step by step.
-    group = (comp_at + torch.arange(num_steps, device=device)[:, None] * num_basins).flatten()
+    # Reduce each component's basins, step by step, into slot step * num_basins + component, laid out like
+    # the (basin, step) tables.
+    group = (comp_at.t() + torch.arange(num_steps, device=device) * num_basins).flatten()
     size = num_steps * num_basins
     extents = []
     for values, how in zip(tables.extents, ("amin", "amax", "amin", "amax"), strict=True):
         out = torch.full((size,), b * h * w if how == "amin" else -1, dtype=torch.int32, device=device)
-        extents.append(out.scatter_reduce_(0, group, values.t().flatten(), how).long())
-    total = torch.zeros(size, dtype=torch.int64, device=device).index_add_(0, group, tables.sums.t().flatten())
-    count, half_units = total & 0xFFFFFFFF, total >> 32
+        extents.append(out.scatter_reduce_(0, group, values.flatten(), how))
+    total = torch.zeros(size, dtype=torch.int64, device=device).index_add_(0, group, tables.sums.flatten())
     if extra_mass is not None:
         at_step, pixel, extra = extra_mass
         owner = comp_at[at_step, tables.basin[pixel]]
-        half_units = half_units.index_add(0, at_step * num_basins + owner, extra)
+        total.index_add_(0, at_step * num_basins + owner, extra << 32)
     alive = tables.root_step[None, :] <= torch.arange(num_steps, device=device)[:, None]
     rows = ((comp_at == torch.arange(num_basins, device=device)) & alive).flatten().nonzero()[:, 0]
-    x0, x1, first, last = (values[rows] for values in extents)
+    x0, x1, first, last = (values[rows].long() for values in extents)
+    total = total[rows]
     map_of = torch.div(first, h * w, rounding_mode="floor")
     y0 = torch.div(first - map_of * h * w, w, rounding_mode="floor")
     y1 = torch.div(last - map_of * h * w, w, rounding_mode="floor")
     step_of = torch.div(rows, num_basins, rounding_mode="floor")
-    return torch.stack([map_of, step_of, x0, y0, x1, y1, count[rows], half_units[rows], first], dim=1)
+    return torch.stack([map_of, step_of, x0, y0, x1, y1, total & 0xFFFFFFFF, total >> 32, first], dim=1)
 
 
 def _component_tables(quantized: Tensor, levels: Tensor, holes: bool = True) -> tuple[_Components, _Components]:
@@ -482,19 +508,21 @@ def _component_tables(quantized: Tensor, levels: Tensor, holes: bool = True) -> 
     if quantized.numel() >= 2**31:
         raise ValueError(f"a chunk of {quantized.numel()} pixels is too large; pass a smaller chunk_size.")
     below = torch.searchsorted(levels, torch.arange(256, device=quantized.device, dtype=levels.dtype))
-    c = below[quantized.long()]  # foreground at level index l iff c > l
-    mass = _quad_mass(c.to(torch.int16))
+    # Foreground at level index l iff c > l; c <= L, uint8 for the 2x2 ranks when it fits.
+    c = torch.index_select(below.to(torch.int16), 0, quantized.flatten().int()).view(quantized.shape)
+    mass = _quad_mass(c.to(torch.uint8) if num_levels < 256 else c)
+    packed = mass.flatten().long().mul_(1 << 32).add_(1)  # pixel count and contour area, summed together
     key = quantized.to(torch.int16)
-    hole_rows = c.new_zeros(0, 9)
+    hole_rows = quantized.new_zeros(0, 9, dtype=torch.int64)
     extra_mass = None
     if holes:
         # Background at level l iff c <= l: step l, and 4-connected components off the border are holes.
-        rows = _sweep(255 - key, c, num_levels, False, mass)
+        rows = _sweep(255 - key, c, num_levels, False, packed)
         inside = (rows[:, 2] > 0) & (rows[:, 3] > 0) & (rows[:, 4] < w - 1) & (rows[:, 5] < h - 1)
         hole_rows = rows[inside]
         extra_mass = (num_levels - 1 - hole_rows[:, 1], hole_rows[:, 8] - 1, hole_rows[:, 7])
     # Foreground at level l iff c > l: step L - 1 - l.
-    blob_rows = _sweep(key, num_levels - c, num_levels, True, mass, extra_mass)
+    blob_rows = _sweep(key, num_levels - c, num_levels, True, packed, extra_mass)
     blob_rows[:, 1] = num_levels - 1 - blob_rows[:, 1]
     blobs, holes_out = (_as_components(rows) for rows in (blob_rows, hole_rows))
     return blobs, holes_out._replace(area=torch.zeros_like(holes_out.area))
