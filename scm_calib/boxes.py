@@ -234,7 +234,7 @@ _NEIGHBOURS = {
 }
 # Each pixel pair once: the neighbours after a pixel in raster order.
 _FORWARD = {True: ((0, 1), (1, -1), (1, 0), (1, 1)), False: ((0, 1), (1, 0))}
-_BIG = 1 << 40
+_INT32_MAX = 2**31 - 1
 
 
 def _quad_mass(c: Tensor) -> Tensor:
@@ -260,15 +260,15 @@ def _quad_mass(c: Tensor) -> Tensor:
     """
     tl, tr, bl, br = c[:, :-1, :-1], c[:, :-1, 1:], c[:, 1:, :-1], c[:, 1:, 1:]
     # A corner's rank in its square: the corners before it, by c and then raster order (tl, tr, bl, br).
-    rank_tl = (tr < tl).to(torch.uint8) + (bl < tl) + (br < tl)
-    rank_tr = (tl <= tr).to(torch.uint8) + (bl < tr) + (br < tr)
-    rank_bl = (tl <= bl).to(torch.uint8) + (tr <= bl) + (br < bl)
-    rank_br = (tl <= br).to(torch.uint8) + (tr <= br) + (bl <= br)
     mass = torch.zeros(c.shape, dtype=torch.uint8, device=c.device)
-    mass[:, :-1, :-1] += rank_tl <= 1
-    mass[:, :-1, 1:] += rank_tr <= 1
-    mass[:, 1:, :-1] += rank_bl <= 1
-    mass[:, 1:, 1:] += rank_br <= 1
+    corners = {"tl": (tl, slice(None, -1), slice(None, -1)), "tr": (tr, slice(None, -1), slice(1, None))}
+    corners |= {"bl": (bl, slice(1, None), slice(None, -1)), "br": (br, slice(1, None), slice(1, None))}
+    for name, (value, rows, cols) in corners.items():
+        rank = torch.zeros(value.shape, dtype=torch.uint8, device=c.device)
+        for other_name, (other, _, _) in corners.items():
+            if other_name != name:  # before: smaller, or equal and earlier in raster order
+                rank += (other <= value if other_name < name else other < value).to(torch.uint8)
+        mass[:, rows, cols] += (rank <= 1).to(torch.uint8)  # uint8 throughout: mixed types are slow
     return mass
 
 
@@ -324,12 +324,18 @@ class _BasinTables(NamedTuple):
     extents: Tensor
 
 
-def _basin_tables(key: Tensor, appear: Tensor, num_steps: int, eight: bool, packed: Tensor) -> _BasinTables:
+def _basin_tables(
+    key: Tensor, appear: Tensor, num_steps: int, eight: bool, packed: Tensor, first_pixel: int = 0
+) -> _BasinTables:
     """The pixel work of :func:`_sweep` for a few maps: basins, where they touch, what they hold by each step.
 
     Args:
-        key, appear, num_steps, eight: As for :func:`_sweep`.
+        key: (B, H, W) int16 order of appearance, larger first, consistent with ``appear``.
+        appear: (B, H, W) int16 step at which each pixel joins; ``num_steps`` for never.
+        num_steps: Number of steps.
+        eight: 8-connectivity (blobs) or 4 (holes).
         packed: (N,) int64 pixel count plus half units of contour area << 32 of each pixel.
+        first_pixel: Flat index of these maps' first pixel among all maps.
 
     Returns:
         Each pixel's basin (N,) (``num_basins`` for pixels never present), each basin's first step,
@@ -341,8 +347,8 @@ def _basin_tables(key: Tensor, appear: Tensor, num_steps: int, eight: bool, pack
     device = key.device
     present = appear < num_steps
     parent, is_root = _basins(key, present, eight)
-    num_basins = int(is_root.sum())
     rank = torch.cumsum(is_root, 0, dtype=torch.int32).sub_(1)
+    num_basins = int(rank[-1]) + 1
     basin = torch.index_select(rank, 0, parent).masked_fill_(~present.flatten(), num_basins)
 
     # The first step at which each pair of touching basins touch (never, if a pixel is never present):
@@ -363,18 +369,18 @@ def _basin_tables(key: Tensor, appear: Tensor, num_steps: int, eight: bool, pack
     lower, upper, first_step = _first_touch(torch.minimum(a, c), torch.maximum(a, c), step, num_basins, num_steps)
 
     # Per (basin, step) slot; pixels never present land past the end.
-    slot = (basin * num_steps).add_(flat_appear).long()
+    slot = flat_appear.int().add_(basin, alpha=num_steps).long()  # one dtype per op: mixed types are slow
     size = (num_basins + 1) * num_steps + 1
     sums = torch.zeros(size, dtype=torch.int64, device=device).scatter_add_(0, slot, packed)
     sums = sums[: num_basins * num_steps].view(num_basins, num_steps).cumsum(1)
     x = torch.arange(w, device=device, dtype=torch.int32).expand(b, h, w).flatten()
-    index = torch.arange(b * h * w, device=device, dtype=torch.int32)
+    index = torch.arange(first_pixel, first_pixel + b * h * w, device=device, dtype=torch.int32)
     extents = []
     for values, how in ((x, "amin"), (x, "amax"), (index, "amin"), (index, "amax")):
-        table = torch.full((size,), b * h * w if how == "amin" else -1, dtype=torch.int32, device=device)
+        table = torch.full((size,), _INT32_MAX if how == "amin" else -1, dtype=torch.int32, device=device)
         table = table.scatter_reduce_(0, slot, values, how)[: num_basins * num_steps].view(num_basins, num_steps)
         extents.append((table.cummin(1) if how == "amin" else table.cummax(1)).values)
-    root_step = flat_appear[is_root]
+    root_step = num_steps - (sums > 0).sum(dim=1)  # a basin's pixel count is 0 until its root appears
     return _BasinTables(basin, root_step, lower, upper, first_step, sums, torch.stack(extents))
 
 
@@ -397,87 +403,67 @@ def _first_touch(
 
 
 def _sweep(
-    key: Tensor,
-    appear: Tensor,
+    parts: list[_BasinTables],
+    shape: tuple[int, int, int],
     num_steps: int,
-    eight: bool,
-    packed: Tensor,
     extra_mass: tuple[Tensor, Tensor, Tensor] | None = None,
-    maps_at_once: int = 4,
 ) -> Tensor:
     """Connected components of ``{appear <= s}`` at every step ``s``, with extents, areas and contour areas.
 
     Pixels join as steps go on, so components only grow and merge. Each basin (see :func:`_basins`) lies
-    inside one component at every step, so only basins need joining: a per-basin table of what has joined by
-    each step, and the first step at which each pair of basins touch, are all the work over pixels (done
-    ``maps_at_once`` maps at a time, to stay in cache); the steps then merge a few hundred basins per map.
+    inside one component at every step, so only basins need joining: the pixel work (:func:`_basin_tables`,
+    a few maps at a time to stay in cache) gives what each basin holds by each step and the first step at
+    which each pair of basins touch; the steps then merge a few hundred basins per map.
 
     Args:
-        key: (B, H, W) int16 order of appearance, larger first, consistent with ``appear``.
-        appear: (B, H, W) int16 step at which each pixel joins; ``num_steps`` for never.
+        parts: Basin tables of consecutive groups of maps, in order.
+        shape: ``(B, H, W)`` of all the maps.
         num_steps: Number of steps.
-        eight: 8-connectivity (blobs) or 4 (holes).
-        packed: (N,) int64 per pixel, 1 + (half units of contour area << 32) (see :func:`_quad_mass`).
         extra_mass: ``(step, pixel, half_units)``: half units to add to the component holding a flat
             pixel index at a step (holes' contour areas, added to the blobs around them).
-        maps_at_once: Maps per pass of the pixel work.
 
     Returns:
         (R, 9) int64 table of the components of all steps: map, step, x0, y0, x1, y1 (pixel extents,
         inclusive), pixel count, contour area in half units, and the flat index of the first pixel.
     """
-    b, h, w = key.shape
-    device = key.device
-    parts, offset = [], 0
-    for start in range(0, b, maps_at_once):
-        part = _basin_tables(
-            *(t[start : start + maps_at_once] for t in (key, appear)),
-            num_steps,
-            eight,
-            packed[start * h * w : (start + maps_at_once) * h * w],
-        )
-        num_part = part.root_step.numel()
-        pixel_offset = start * h * w
-        parts.append(
-            part._replace(
-                basin=part.basin + offset,  # pixels never present get a basin id past this part's
-                lower=part.lower + offset,
-                upper=part.upper + offset,
-                extents=part.extents
-                + torch.tensor([0, 0, pixel_offset, pixel_offset], device=device, dtype=torch.int32)[:, None, None],
-            )
-        )
-        offset += num_part
-    num_basins = offset
-    tables = _BasinTables(*(torch.cat([p[i] for p in parts], dim=-2 if i == 6 else 0) for i in range(7)))
-    by_step = torch.argsort(tables.first_step)
-    lower, upper, first_step = tables.lower[by_step], tables.upper[by_step], tables.first_step[by_step]
+    b, h, w = shape
+    device = parts[0].sums.device
+    counts = [part.root_step.numel() for part in parts]
+    offsets = [sum(counts[:i]) for i in range(len(parts))]
+    num_basins = sum(counts)
+    lower = torch.cat([part.lower + offset for part, offset in zip(parts, offsets, strict=True)])
+    upper = torch.cat([part.upper + offset for part, offset in zip(parts, offsets, strict=True)])
+    first_step = torch.cat([part.first_step for part in parts])
+    by_step = torch.argsort(first_step)
+    lower, upper, first_step = lower[by_step], upper[by_step], first_step[by_step]
     bounds = torch.searchsorted(first_step, torch.arange(num_steps + 1, device=device)).tolist()
+    comp_at = _merge_steps(lower, upper, bounds, num_basins, num_steps)
 
-    # The component of each basin at each step (its least basin), merging as touching basins join.
-    comp = torch.arange(num_basins, device=device)
-    comps = []
-    for step in range(num_steps):
-        if bounds[step + 1] > bounds[step]:
-            a, c = comp[lower[bounds[step] : bounds[step + 1]]], comp[upper[bounds[step] : bounds[step + 1]]]
-            comp = _union_find(num_basins, torch.minimum(a, c), torch.maximum(a, c))[comp]
-        comps.append(comp)
-    comp_at = torch.stack(comps)  # (num_steps, num_basins)
-
-    # Reduce each component's basins, step by step, into slot step * num_basins + component, laid out like
-    # the (basin, step) tables.
-    group = (comp_at.t() + torch.arange(num_steps, device=device) * num_basins).flatten()
+    # Reduce each component's basins, step by step, into slot step * num_basins + component.
     size = num_steps * num_basins
-    extents = []
-    for values, how in zip(tables.extents, ("amin", "amax", "amin", "amax"), strict=True):
-        out = torch.full((size,), b * h * w if how == "amin" else -1, dtype=torch.int32, device=device)
-        extents.append(out.scatter_reduce_(0, group, values.flatten(), how))
-    total = torch.zeros(size, dtype=torch.int64, device=device).index_add_(0, group, tables.sums.flatten())
+    hows = ("amin", "amax", "amin", "amax")
+    extents = [
+        torch.full((size,), _INT32_MAX if how == "amin" else -1, dtype=torch.int32, device=device) for how in hows
+    ]
+    total = torch.zeros(size, dtype=torch.int64, device=device)
+    by_steps = torch.arange(num_steps, device=device) * num_basins
+    for part, offset, count in zip(parts, offsets, counts, strict=True):
+        group = (comp_at[:, offset : offset + count].t() + by_steps).flatten()
+        for out, values, how in zip(extents, part.extents, hows, strict=True):
+            out.scatter_reduce_(0, group, values.flatten(), how)
+        total.index_add_(0, group, part.sums.flatten())
     if extra_mass is not None:
         at_step, pixel, extra = extra_mass
-        owner = comp_at[at_step, tables.basin[pixel]]
-        total.index_add_(0, at_step * num_basins + owner, extra << 32)
-    alive = tables.root_step[None, :] <= torch.arange(num_steps, device=device)[:, None]
+        basin = torch.empty_like(pixel)
+        part_pixels = torch.tensor([0] + [part.basin.numel() for part in parts], device=device).cumsum(0)
+        bounds = torch.searchsorted(pixel, part_pixels).tolist()  # pixels are sorted by the caller
+        for i, (part, offset) in enumerate(zip(parts, offsets, strict=True)):
+            local = pixel[bounds[i] : bounds[i + 1]] - part_pixels[i]
+            basin[bounds[i] : bounds[i + 1]] = torch.index_select(part.basin, 0, local).long() + offset
+        owner = comp_at[at_step, basin]
+        total.index_add_(0, at_step * num_basins + owner, extra * (1 << 32))
+    root_step = torch.cat([part.root_step for part in parts])
+    alive = root_step[None, :] <= torch.arange(num_steps, device=device)[:, None]
     rows = ((comp_at == torch.arange(num_basins, device=device)) & alive).flatten().nonzero()[:, 0]
     x0, x1, first, last = (values[rows].long() for values in extents)
     total = total[rows]
@@ -488,7 +474,9 @@ def _sweep(
     return torch.stack([map_of, step_of, x0, y0, x1, y1, total & 0xFFFFFFFF, total >> 32, first], dim=1)
 
 
-def _component_tables(quantized: Tensor, levels: Tensor, holes: bool = True) -> tuple[_Components, _Components]:
+def _component_tables(
+    quantized: Tensor, levels: Tensor, holes: bool = True, maps_at_once: int | None = None
+) -> tuple[_Components, _Components]:
     """Blobs (8-connected foreground) and holes of ``quantized > level`` for every map and every level.
 
     A blob's contour area includes its holes' contour areas, as OpenCV's outer contour encloses them; the
@@ -499,30 +487,43 @@ def _component_tables(quantized: Tensor, levels: Tensor, holes: bool = True) -> 
         quantized: (B, H, W) uint8 maps.
         levels: (L,) sorted, distinct int64 levels.
         holes: Find the holes; without them, blobs' contour areas leave the holes out.
+        maps_at_once: Maps per pass of the pixel work; default 4 on the CPU (to stay in cache), all on
+            other devices.
 
     Returns:
         Blobs and holes, one row per component and level; holes have pixel extents and count 0 pixels.
     """
-    _, h, w = quantized.shape
+    b, h, w = quantized.shape
     num_levels = levels.numel()
     if quantized.numel() >= 2**31:
         raise ValueError(f"a chunk of {quantized.numel()} pixels is too large; pass a smaller chunk_size.")
+    if maps_at_once is None:
+        maps_at_once = 4 if quantized.device.type == "cpu" else b
     below = torch.searchsorted(levels, torch.arange(256, device=quantized.device, dtype=levels.dtype))
-    # Foreground at level index l iff c > l; c <= L, uint8 for the 2x2 ranks when it fits.
-    c = torch.index_select(below.to(torch.int16), 0, quantized.flatten().int()).view(quantized.shape)
-    mass = _quad_mass(c.to(torch.uint8) if num_levels < 256 else c)
-    packed = mass.flatten().long().mul_(1 << 32).add_(1)  # pixel count and contour area, summed together
-    key = quantized.to(torch.int16)
+    below = below.to(torch.int16)
+    hole_parts, blob_parts = [], []
+    for start in range(0, b, maps_at_once):
+        part = quantized[start : start + maps_at_once]
+        # Foreground at level index l iff c > l; c <= L, uint8 for the 2x2 ranks when it fits.
+        c = torch.index_select(below, 0, part.flatten().int()).view(part.shape)
+        mass = _quad_mass(c.to(torch.uint8) if num_levels < 256 else c)
+        packed = mass.flatten().long().mul_(1 << 32).add_(1)  # pixel count and contour area, summed together
+        key = part.to(torch.int16)
+        first_pixel = start * h * w
+        if holes:
+            # Background at level l iff c <= l: step l; 4-connected components off the border are holes.
+            hole_parts.append(_basin_tables(255 - key, c, num_levels, False, packed, first_pixel))
+        # Foreground at level l iff c > l: step L - 1 - l.
+        blob_parts.append(_basin_tables(key, num_levels - c, num_levels, True, packed, first_pixel))
     hole_rows = quantized.new_zeros(0, 9, dtype=torch.int64)
     extra_mass = None
     if holes:
-        # Background at level l iff c <= l: step l, and 4-connected components off the border are holes.
-        rows = _sweep(255 - key, c, num_levels, False, packed)
+        rows = _sweep(hole_parts, (b, h, w), num_levels)
         inside = (rows[:, 2] > 0) & (rows[:, 3] > 0) & (rows[:, 4] < w - 1) & (rows[:, 5] < h - 1)
         hole_rows = rows[inside]
+        hole_rows = hole_rows[torch.argsort(hole_rows[:, 8])]
         extra_mass = (num_levels - 1 - hole_rows[:, 1], hole_rows[:, 8] - 1, hole_rows[:, 7])
-    # Foreground at level l iff c > l: step L - 1 - l.
-    blob_rows = _sweep(key, num_levels - c, num_levels, True, packed, extra_mass)
+    blob_rows = _sweep(blob_parts, (b, h, w), num_levels, extra_mass)
     blob_rows[:, 1] = num_levels - 1 - blob_rows[:, 1]
     blobs, holes_out = (_as_components(rows) for rows in (blob_rows, hole_rows))
     return blobs, holes_out._replace(area=torch.zeros_like(holes_out.area))
@@ -531,6 +532,58 @@ def _component_tables(quantized: Tensor, levels: Tensor, holes: bool = True) -> 
 def _as_components(rows: Tensor) -> _Components:
     fields = rows.unbind(1)
     return _Components(*fields[:7], contour_area=fields[7].to(torch.float64) / 2, first=fields[8])
+
+
+def _merge_steps(lower: Tensor, upper: Tensor, bounds: list[int], num_nodes: int, num_steps: int) -> Tensor:
+    """The component (its least node) of every node at every step, as the edges of each step join them.
+
+    Args:
+        lower, upper: (E,) edges, sorted by the step at which they join.
+        bounds: The edges of step ``s`` are ``bounds[s]:bounds[s + 1]``.
+        num_nodes: Number of nodes.
+        num_steps: Number of steps.
+
+    Returns:
+        (num_steps, num_nodes) int64.
+    """
+    if lower.device.type == "cpu":
+        # Many small operations: NumPy's are several times cheaper than torch's on the CPU.
+        lower_np, upper_np = lower.numpy(), upper.numpy()
+        comp_np = np.arange(num_nodes)
+        out = np.empty((num_steps, num_nodes), dtype=np.int64)
+        for step in range(num_steps):
+            if bounds[step + 1] > bounds[step]:
+                a = comp_np[lower_np[bounds[step] : bounds[step + 1]]]
+                c = comp_np[upper_np[bounds[step] : bounds[step + 1]]]
+                comp_np = _union_find_np(num_nodes, np.minimum(a, c), np.maximum(a, c))[comp_np]
+            out[step] = comp_np
+        return torch.from_numpy(out)
+    comp = torch.arange(num_nodes, device=lower.device)
+    comps = []
+    for step in range(num_steps):
+        if bounds[step + 1] > bounds[step]:
+            a, c = comp[lower[bounds[step] : bounds[step + 1]]], comp[upper[bounds[step] : bounds[step + 1]]]
+            comp = _union_find(num_nodes, torch.minimum(a, c), torch.maximum(a, c))[comp]
+        comps.append(comp)
+    return torch.stack(comps)
+
+
+def _union_find_np(num_nodes: int, src: np.ndarray, dst: np.ndarray) -> np.ndarray:
+    """:func:`_union_find` in NumPy."""
+    parent = np.arange(num_nodes)
+    np.minimum.at(parent, dst, src)
+    while True:
+        while True:
+            grand = parent[parent]
+            if np.array_equal(grand, parent):
+                break
+            parent = grand
+        ps, pd = parent[src], parent[dst]
+        differ = ps != pd
+        if not differ.any():
+            return parent
+        src, dst, ps, pd = src[differ], dst[differ], ps[differ], pd[differ]
+        np.minimum.at(parent, np.maximum(ps, pd), np.minimum(ps, pd))
 
 
 def _union_find(num_nodes: int, src: Tensor, dst: Tensor) -> Tensor:
