@@ -5,7 +5,8 @@ Both work on the same CAM-like maps (uniform noise on a ``--grid`` x ``--grid`` 
 then for each of 100 thresholds ``cv2.threshold`` + ``findContours`` + the largest contour's box, with
 ``cv2.setNumThreads(1)``. The torch sweep does more: resize, normalise, quantise and, for all 100
 thresholds, the boxes of the largest blob *and* of all blobs and holes, with their best IoU against a
-ground-truth box (everything MaxBoxAcc and MaxBoxAccV2 need). On CUDA it also reports peak memory.
+ground-truth box (everything MaxBoxAcc and MaxBoxAccV2 need). On the CPU the sweep is timed with one
+thread and with all cores (``--threads``); on CUDA it also reports peak memory.
 
 Run: ``python benchmarks/bench_boxes.py`` (uses CUDA when present; ``--device cpu`` to force the CPU).
 """
@@ -41,7 +42,9 @@ def opencv_loop(grids: np.ndarray, size: int) -> float:
     return time.perf_counter() - start
 
 
-def torch_sweep(grids: torch.Tensor, size: int, gt: list[torch.Tensor], chunk: int, threads: int) -> float:
+def torch_sweep(
+    grids: torch.Tensor, size: int, gt: list[torch.Tensor], chunk: int | None, threads: int | None
+) -> float:
     """Seconds for resize + normalise + quantise + the full sweep (largest and all blobs, IoU)."""
     if grids.is_cuda:
         torch.cuda.synchronize()
@@ -59,35 +62,38 @@ def main() -> None:
     parser.add_argument("--size", type=int, default=224)
     parser.add_argument("--grid", type=int, default=14)
     parser.add_argument("--num-maps", type=int, default=None, help="default: 20000 on CUDA, 128 on CPU")
-    parser.add_argument("--chunk-size", type=int, default=None, help="default: 512 on CUDA, 4 on CPU")
-    parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads on CPU")
+    parser.add_argument("--chunk-size", type=int, default=None, help="default: the library's (64 CPU, 512 CUDA)")
+    parser.add_argument(
+        "--threads", type=int, nargs="+", default=None, help="CPU threads for the sweep; default: 1 and all cores"
+    )
     parser.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args()
     device = torch.device(args.device)
     cuda = device.type == "cuda"
     num_maps = args.num_maps or (20000 if cuda else 128)
-    chunk_size = args.chunk_size or (512 if cuda else 4)
+    threads = [None] if cuda else (args.threads or sorted({1, torch.get_num_threads()}))
 
     generator = torch.Generator().manual_seed(0)
     grids = torch.rand(num_maps, args.grid, args.grid, generator=generator)
     corners = torch.randint(0, args.size, (num_maps, 2, 2), generator=generator).sort(dim=1).values
     gt = [c.flatten()[None].to(device) for c in corners]
     shape = f"{args.grid}x{args.grid} -> {args.size}x{args.size}"
-    print(f"{num_maps} maps, {shape}, 100 thresholds, device {device}")
+    print(f"{num_maps} maps, {shape}, 100 thresholds, device {device}, torch {torch.__version__}")
 
     on_device = grids.to(device)
-    warm = min(chunk_size, num_maps)
-    torch_sweep(on_device[:warm], args.size, gt[:warm], chunk_size, args.threads)
-    if cuda:
-        torch.cuda.reset_peak_memory_stats(device)
-    runs = [torch_sweep(on_device, args.size, gt, chunk_size, args.threads) for _ in range(args.repeats)]
-    seconds = min(runs)
-    torch_rate = num_maps / seconds
-    label = "torch sweep (largest + all blobs + holes, IoU):"
-    print(f"{label} {torch_rate:9.1f} maps/s  {1e3 / torch_rate:7.2f} ms/map")
-    if cuda:
-        peak = torch.cuda.max_memory_allocated(device) / 2**30
-        print(f"  peak CUDA memory {peak:.2f} GiB with chunk_size {chunk_size}")
+    rates = {}
+    for count in threads:
+        warm = min(64, num_maps)
+        torch_sweep(on_device[:warm], args.size, gt[:warm], args.chunk_size, count)
+        if cuda:
+            torch.cuda.reset_peak_memory_stats(device)
+        runs = [torch_sweep(on_device, args.size, gt, args.chunk_size, count) for _ in range(args.repeats)]
+        rates[count] = num_maps / min(runs)
+        label = "torch sweep (largest + all blobs + holes, IoU)" + ("" if cuda else f", {count} thread(s)")
+        print(f"{label + ':':62} {rates[count]:9.1f} maps/s  {1e3 / rates[count]:7.2f} ms/map")
+        if cuda:
+            peak = torch.cuda.max_memory_allocated(device) / 2**30
+            print(f"  peak CUDA memory {peak:.2f} GiB with chunk_size {args.chunk_size or 512}")
 
     try:
         import cv2  # noqa: F401
@@ -97,9 +103,10 @@ def main() -> None:
     loop_maps = grids[: min(num_maps, 128)].numpy()
     loop_seconds = min(opencv_loop(loop_maps, args.size) for _ in range(args.repeats))
     loop_rate = len(loop_maps) / loop_seconds
-    label = "OpenCV loop (largest contour, 1 thread):"
-    print(f"{label:47} {loop_rate:9.1f} maps/s  {1e3 / loop_rate:7.2f} ms/map")
-    print(f"ratio torch / OpenCV: {torch_rate / loop_rate:.2f}x")
+    print(f"{'OpenCV loop (largest contour, 1 thread):':62} {loop_rate:9.1f} maps/s  {1e3 / loop_rate:7.2f} ms/map")
+    for count, rate in rates.items():
+        label = "torch" if cuda else f"torch ({count} thread(s))"
+        print(f"ratio {label} / OpenCV: {rate / loop_rate:.2f}x")
 
 
 if __name__ == "__main__":

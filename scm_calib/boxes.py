@@ -25,6 +25,7 @@ component), and "largest" means the most foreground pixels rather than the large
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from typing import NamedTuple
 
@@ -348,7 +349,7 @@ def _basin_tables(
     present = appear < num_steps
     parent, is_root = _basins(key, present, eight)
     rank = torch.cumsum(is_root, 0, dtype=torch.int32).sub_(1)
-    num_basins = int(rank[-1]) + 1
+    num_basins = int(rank[-1]) + 1 if rank.numel() else 0
     basin = torch.index_select(rank, 0, parent).masked_fill_(~present.flatten(), num_basins)
 
     # The first step at which each pair of touching basins touch (never, if a pixel is never present):
@@ -475,7 +476,7 @@ def _sweep(
 
 
 def _component_tables(
-    quantized: Tensor, levels: Tensor, holes: bool = True, maps_at_once: int | None = None
+    quantized: Tensor, levels: Tensor, holes: bool = True, maps_at_once: int | None = None, workers: int = 1
 ) -> tuple[_Components, _Components]:
     """Blobs (8-connected foreground) and holes of ``quantized > level`` for every map and every level.
 
@@ -489,6 +490,7 @@ def _component_tables(
         holes: Find the holes; without them, blobs' contour areas leave the holes out.
         maps_at_once: Maps per pass of the pixel work; default 4 on the CPU (to stay in cache), all on
             other devices.
+        workers: Python threads sharing the passes of the pixel work (torch ops release the GIL).
 
     Returns:
         Blobs and holes, one row per component and level; holes have pixel extents and count 0 pixels.
@@ -501,8 +503,8 @@ def _component_tables(
         maps_at_once = 4 if quantized.device.type == "cpu" else b
     below = torch.searchsorted(levels, torch.arange(256, device=quantized.device, dtype=levels.dtype))
     below = below.to(torch.int16)
-    hole_parts, blob_parts = [], []
-    for start in range(0, b, maps_at_once):
+
+    def pixel_work(start: int) -> tuple[_BasinTables | None, _BasinTables]:
         part = quantized[start : start + maps_at_once]
         # Foreground at level index l iff c > l; c <= L, uint8 for the 2x2 ranks when it fits.
         c = torch.index_select(below, 0, part.flatten().int()).view(part.shape)
@@ -510,11 +512,19 @@ def _component_tables(
         packed = mass.flatten().long().mul_(1 << 32).add_(1)  # pixel count and contour area, summed together
         key = part.to(torch.int16)
         first_pixel = start * h * w
-        if holes:
-            # Background at level l iff c <= l: step l; 4-connected components off the border are holes.
-            hole_parts.append(_basin_tables(255 - key, c, num_levels, False, packed, first_pixel))
+        # Background at level l iff c <= l: step l; 4-connected components off the border are holes.
+        hole_part = _basin_tables(255 - key, c, num_levels, False, packed, first_pixel) if holes else None
         # Foreground at level l iff c > l: step L - 1 - l.
-        blob_parts.append(_basin_tables(key, num_levels - c, num_levels, True, packed, first_pixel))
+        return hole_part, _basin_tables(key, num_levels - c, num_levels, True, packed, first_pixel)
+
+    starts = range(0, b, maps_at_once)
+    if workers > 1 and len(starts) > 1:
+        with ThreadPoolExecutor(max_workers=workers) as pool:
+            results = list(pool.map(pixel_work, starts))
+    else:
+        results = [pixel_work(start) for start in starts]
+    hole_parts = [hole for hole, _ in results if hole is not None]
+    blob_parts = [blob for _, blob in results]
     hole_rows = quantized.new_zeros(0, 9, dtype=torch.int64)
     extra_mass = None
     if holes:
@@ -534,7 +544,9 @@ def _as_components(rows: Tensor) -> _Components:
     return _Components(*fields[:7], contour_area=fields[7].to(torch.float64) / 2, first=fields[8])
 
 
-def _merge_steps(lower: Tensor, upper: Tensor, bounds: list[int], num_nodes: int, num_steps: int) -> Tensor:
+def _merge_steps(
+    lower: Tensor, upper: Tensor, bounds: list[int], num_nodes: int, num_steps: int, use_numpy: bool | None = None
+) -> Tensor:
     """The component (its least node) of every node at every step, as the edges of each step join them.
 
     Args:
@@ -542,11 +554,14 @@ def _merge_steps(lower: Tensor, upper: Tensor, bounds: list[int], num_nodes: int
         bounds: The edges of step ``s`` are ``bounds[s]:bounds[s + 1]``.
         num_nodes: Number of nodes.
         num_steps: Number of steps.
+        use_numpy: Run the loop in NumPy; default on the CPU.
 
     Returns:
         (num_steps, num_nodes) int64.
     """
-    if lower.device.type == "cpu":
+    if use_numpy is None:
+        use_numpy = lower.device.type == "cpu"
+    if use_numpy:
         # Many small operations: NumPy's are several times cheaper than torch's on the CPU.
         lower_np, upper_np = lower.numpy(), upper.numpy()
         comp_np = np.arange(num_nodes)
@@ -622,7 +637,9 @@ def _level_table(quantized: Tensor, thresholds: Tensor) -> tuple[Tensor, Tensor]
     return levels, index
 
 
-def _chunks(num: int, chunk_size: int) -> list[slice]:
+def _chunks(num: int, chunk_size: int | None, device: torch.device) -> list[slice]:
+    if chunk_size is None:
+        chunk_size = 64 if device.type == "cpu" else 512
     if chunk_size < 1:
         raise ValueError(f"chunk_size must be >= 1, got {chunk_size}.")
     return [slice(i, min(i + chunk_size, num)) for i in range(0, num, chunk_size)]
@@ -639,7 +656,7 @@ class _Blobs(NamedTuple):
     first: Tensor
 
 
-def _blobs(quantized: Tensor, levels: Tensor, hole_boxes: bool, contour_areas: bool) -> _Blobs:
+def _blobs(quantized: Tensor, levels: Tensor, hole_boxes: bool, contour_areas: bool, workers: int = 1) -> _Blobs:
     """Blobs of every (map, level) slot ``map * L + level``, with the boxes of holes when ``hole_boxes``.
 
     A blob with pixel extents ``x0..x1`` gives ``[x0, y0, x1 + 1, y1 + 1]``; a hole's contour runs
@@ -648,7 +665,7 @@ def _blobs(quantized: Tensor, levels: Tensor, hole_boxes: bool, contour_areas: b
     when their boxes or the blobs' contour areas (which include the holes) are needed.
     """
     h, w = quantized.shape[-2:]
-    blobs, hole_rows = _component_tables(quantized, levels, holes=hole_boxes or contour_areas)
+    blobs, hole_rows = _component_tables(quantized, levels, holes=hole_boxes or contour_areas, workers=workers)
     parts = [(blobs, 0)] + ([(hole_rows, 1)] if hole_boxes else [])
     rows = []
     for comps, grow in parts:
@@ -690,8 +707,8 @@ def blob_boxes(
     thresholds: Tensor | Sequence[float] | None = None,
     largest_only: bool = False,
     holes: bool = True,
-    chunk_size: int = 16,
-    num_threads: int | None = 1,
+    chunk_size: int | None = None,
+    num_threads: int | None = None,
 ) -> BlobBoxes:
     """Boxes of the blobs of quantised maps for a whole threshold sweep.
 
@@ -702,16 +719,17 @@ def blob_boxes(
             so ``boxes.view(B, T, 4)`` works (MaxBoxAcc). Otherwise every 8-connected blob (MaxBoxAccV2).
         holes: With ``largest_only=False``, also give the boxes of the holes' contours, as OpenCV's
             ``RETR_TREE`` does (they lie inside their blob's box).
-        chunk_size: Maps processed at once; bounds memory.
-        num_threads: Intra-op threads for CPU tensors during the call (``None``: torch's setting).
+        chunk_size: Maps processed at once, which bounds memory; default 64 on the CPU, 512 on a GPU.
+        num_threads: CPU threads sharing the maps (``None``: ``torch.get_num_threads()``); torch ops
+            then run on one thread each.
             One is fastest on small or busy machines; parallelise over processes instead.
 
     Returns:
         The boxes, with their map and threshold indices and pixel counts (0 for holes).
     """
     _check_quantized(quantized)
-    with _cpu_threads(quantized.device, num_threads):
-        return _blob_boxes(quantized, thresholds, largest_only, holes, chunk_size)
+    with _cpu_threads(quantized.device, num_threads) as workers:
+        return _blob_boxes(quantized, thresholds, largest_only, holes, chunk_size, workers)
 
 
 def _blob_boxes(
@@ -719,17 +737,18 @@ def _blob_boxes(
     thresholds: Tensor | Sequence[float] | None,
     largest_only: bool,
     holes: bool,
-    chunk_size: int,
+    chunk_size: int | None,
+    workers: int = 1,
 ) -> BlobBoxes:
     taus = _as_thresholds(wsol_thresholds() if thresholds is None else thresholds, quantized.device)
     num_taus = taus.numel()
     device = quantized.device
     parts = []
-    for chunk in _chunks(quantized.shape[0], chunk_size):
+    for chunk in _chunks(quantized.shape[0], chunk_size, quantized.device):
         q = quantized[chunk]
         levels, level_index = _level_table(q, taus)
         num_slots = q.shape[0] * levels.numel()
-        blobs = _blobs(q, levels, hole_boxes=holes and not largest_only, contour_areas=largest_only)
+        blobs = _blobs(q, levels, hole_boxes=holes and not largest_only, contour_areas=largest_only, workers=workers)
         maps = torch.arange(q.shape[0], device=device)
         pair_slot = (maps[:, None] * levels.numel() + level_index).flatten()
         if largest_only:
@@ -762,8 +781,8 @@ def boxes_from_maps(
     interpolation: str = "bicubic",
     largest_only: bool = False,
     holes: bool = True,
-    chunk_size: int = 16,
-    num_threads: int | None = 1,
+    chunk_size: int | None = None,
+    num_threads: int | None = None,
 ) -> BlobBoxes:
     """Score maps to boxes over a threshold sweep: resize, normalise, quantise, threshold, blobs.
 
@@ -775,8 +794,9 @@ def boxes_from_maps(
         largest_only: One box per (map, threshold), of the blob of largest contour area.
         holes: With ``largest_only=False``, also give the boxes of the holes' contours (OpenCV's
             ``RETR_TREE``).
-        chunk_size: Maps processed at once; bounds memory.
-        num_threads: Intra-op threads for CPU tensors during the sweep (``None``: torch's setting).
+        chunk_size: Maps processed at once, which bounds memory; default 64 on the CPU, 512 on a GPU.
+        num_threads: CPU threads sharing the maps (``None``: ``torch.get_num_threads()``); torch ops
+            then run on one thread each.
 
     Returns:
         The boxes with their map and threshold indices and pixel counts.
@@ -851,8 +871,8 @@ def best_box_iou(
     gt_boxes: Sequence[Tensor],
     thresholds: Tensor | Sequence[float] | None = None,
     holes: bool = True,
-    chunk_size: int = 16,
-    num_threads: int | None = 1,
+    chunk_size: int | None = None,
+    num_threads: int | None = None,
 ) -> tuple[Tensor, Tensor]:
     """Best IoU with the ground truth of each map at each threshold, largest blob and all blobs.
 
@@ -861,8 +881,9 @@ def best_box_iou(
         gt_boxes: One (K_i, 4) tensor of ground-truth boxes per map, in pixels of the map.
         thresholds: (T,) thresholds ``tau``; default :func:`wsol_thresholds` (step 0.01).
         holes: Count the boxes of hole contours among all blobs, as OpenCV's ``RETR_TREE`` does.
-        chunk_size: Maps processed at once; bounds memory.
-        num_threads: Intra-op threads for CPU tensors during the call (``None``: torch's setting).
+        chunk_size: Maps processed at once, which bounds memory; default 64 on the CPU, 512 on a GPU.
+        num_threads: CPU threads sharing the maps (``None``: ``torch.get_num_threads()``); torch ops
+            then run on one thread each.
 
     Returns:
         (B, T) float64 IoU of the largest blob's box with its best ground-truth box (MaxBoxAcc), and
@@ -874,19 +895,25 @@ def best_box_iou(
         raise ValueError(f"got {len(gt_boxes)} box sets for {quantized.shape[0]} maps; pass one per map.")
     taus = _as_thresholds(wsol_thresholds() if thresholds is None else thresholds, quantized.device)
     gt, valid = pad_boxes(gt_boxes, quantized.device)
-    with _cpu_threads(quantized.device, num_threads):
-        return _best_box_iou(quantized, gt, valid, taus, holes, chunk_size)
+    with _cpu_threads(quantized.device, num_threads) as workers:
+        return _best_box_iou(quantized, gt, valid, taus, holes, chunk_size, workers)
 
 
 def _best_box_iou(
-    quantized: Tensor, gt: Tensor, valid: Tensor, taus: Tensor, holes: bool, chunk_size: int
+    quantized: Tensor,
+    gt: Tensor,
+    valid: Tensor,
+    taus: Tensor,
+    holes: bool,
+    chunk_size: int | None,
+    workers: int = 1,
 ) -> tuple[Tensor, Tensor]:
     largest_parts, all_parts = [], []
-    for chunk in _chunks(quantized.shape[0], chunk_size):
+    for chunk in _chunks(quantized.shape[0], chunk_size, quantized.device):
         q, gt_chunk, valid_chunk = quantized[chunk], gt[chunk], valid[chunk]
         levels, level_index = _level_table(q, taus)
         num_slots = q.shape[0] * levels.numel()
-        blobs = _blobs(q, levels, hole_boxes=holes, contour_areas=True)
+        blobs = _blobs(q, levels, hole_boxes=holes, contour_areas=True, workers=workers)
         image = torch.div(blobs.slot, levels.numel(), rounding_mode="floor")
         iou = _iou(blobs.boxes.to(torch.float64)[:, None], gt_chunk[image])
         iou = torch.where(valid_chunk[image], iou, -1.0).amax(dim=1)
@@ -926,21 +953,26 @@ def scale_boxes(boxes: Tensor, original_size: tuple[int, int], size: tuple[int, 
 
 
 @contextmanager
-def _cpu_threads(device: torch.device, num_threads: int | None) -> Iterator[None]:
-    """Run CPU work with ``num_threads`` intra-op threads (``None``: leave torch's setting).
+def _cpu_threads(device: torch.device, num_threads: int | None) -> Iterator[int]:
+    """Split CPU work over ``num_threads`` workers (``None``: torch's thread count), each running torch ops
+    on one thread; yields the number of workers (1 on other devices).
 
-    The sweep is many short vectorised ops; with several threads on a busy machine, OpenMP's thread
-    hand-offs cost more than the ops themselves (measured 50x slower on 2 loaded cores).
+    The sweep is many short vectorised ops: splitting the maps among single-threaded workers scales,
+    while OpenMP's hand-offs inside each short op cost more than they save (measured 50x slower on 2
+    loaded cores).
     """
+    if device.type != "cpu":
+        yield 1
+        return
     previous = torch.get_num_threads()
-    change = device.type == "cpu" and num_threads is not None and num_threads != previous
-    if change:
-        torch.set_num_threads(num_threads)
+    workers = previous if num_threads is None else num_threads
+    if workers < 1:
+        raise ValueError(f"num_threads must be >= 1 or None, got {num_threads}.")
+    torch.set_num_threads(1)
     try:
-        yield
+        yield workers
     finally:
-        if change:
-            torch.set_num_threads(previous)
+        torch.set_num_threads(previous)
 
 
 def _check_quantized(quantized: Tensor) -> None:

@@ -172,7 +172,7 @@ class BoxAccuracy(_Streaming):
         tau: Fixed threshold (e.g. the best ``tau`` of a held-out split); ``None`` keeps the protocol's.
         step: Threshold grid step; ``None`` keeps the protocol's.
         size: ``(H, W)`` to resize the maps to (e.g. grid maps); ``None`` takes them at image size.
-        chunk_size: Maps turned into boxes at once; bounds memory.
+        chunk_size: Maps turned into boxes at once, which bounds memory; default 64 on the CPU, 512 on a GPU.
     """
 
     _states = ("hits_largest", "hits_all", "count")
@@ -183,7 +183,7 @@ class BoxAccuracy(_Streaming):
         tau: float | None = None,
         step: float | None = None,
         size: tuple[int, int] | None = None,
-        chunk_size: int = 16,
+        chunk_size: int | None = None,
     ) -> None:
         self.protocol = get_protocol(protocol, tau=tau, step=step)
         if 0.5 not in self.protocol.iou_thresholds:
@@ -281,7 +281,7 @@ class LocalizationAccuracy(_Streaming):
         tau: Fixed threshold; ``None`` keeps the protocol's.
         step: Threshold grid step; ``None`` keeps the protocol's.
         size: ``(H, W)`` to resize the maps to; ``None`` takes them at image size.
-        chunk_size: Maps turned into boxes at once; bounds memory.
+        chunk_size: Maps turned into boxes at once, which bounds memory; default 64 on the CPU, 512 on a GPU.
     """
 
     _states = ("top1_loc", "top5_loc", "gt_known", "top1_cls", "top5_cls", "count")
@@ -292,7 +292,7 @@ class LocalizationAccuracy(_Streaming):
         tau: float | None = None,
         step: float | None = None,
         size: tuple[int, int] | None = None,
-        chunk_size: int = 16,
+        chunk_size: int | None = None,
     ) -> None:
         self.protocol = get_protocol(protocol, tau=tau, step=step)
         self.thresholds = _thresholds(self.protocol)

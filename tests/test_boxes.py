@@ -119,6 +119,61 @@ def test_chunking_and_batching_do_not_change_boxes() -> None:
         assert all(torch.equal(a, b) for a, b in zip(whole, part, strict=True))
 
 
+def test_threads_and_parts_do_not_change_boxes() -> None:
+    torch.manual_seed(2)
+    quantized = B.prepare_maps(torch.rand(7, 5, 5), size=(30, 26))
+    one = B.blob_boxes(quantized, num_threads=1)
+    two = B.blob_boxes(quantized, num_threads=2)
+    assert all(torch.equal(a, b) for a, b in zip(one, two, strict=True))
+    levels, _ = B._level_table(quantized, B.wsol_thresholds())
+    whole = B._component_tables(quantized, levels, maps_at_once=7)
+    for maps_at_once in (1, 3):
+        parts = B._component_tables(quantized, levels, maps_at_once=maps_at_once)
+        for rows_whole, rows_parts in zip(whole, parts, strict=True):
+            order_whole = torch.argsort(rows_whole.level_index * 10**7 + rows_whole.first)
+            order_parts = torch.argsort(rows_parts.level_index * 10**7 + rows_parts.first)
+            for a, b in zip(rows_whole, rows_parts, strict=True):
+                assert torch.equal(a[order_whole], b[order_parts])
+
+
+def test_level_merges_are_the_same_in_torch_and_numpy() -> None:
+    generator = torch.Generator().manual_seed(3)
+    lower = torch.randint(0, 40, (120,), generator=generator)
+    upper = torch.randint(0, 40, (120,), generator=generator)
+    lower, upper = torch.minimum(lower, upper), torch.maximum(lower, upper) + 1
+    step = torch.sort(torch.randint(0, 10, (120,), generator=generator)).values
+    bounds = torch.searchsorted(step, torch.arange(11)).tolist()
+    in_numpy = B._merge_steps(lower, upper, bounds, 41, 10, use_numpy=True)
+    in_torch = B._merge_steps(lower, upper, bounds, 41, 10, use_numpy=False)
+    assert torch.equal(in_numpy, in_torch)
+    # Each step's labels are the least node of each connected component of the edges so far.
+    for s in (0, 4, 9):
+        joined = torch.arange(41)
+        for a, c in zip(lower[: bounds[s + 1]].tolist(), upper[: bounds[s + 1]].tolist(), strict=True):
+            low, high = min(joined[a], joined[c]), max(joined[a], joined[c])
+            joined[joined == high] = low
+        assert torch.equal(in_numpy[s], joined)
+
+
+@pytest.mark.parametrize("size", [(7, 9), (16, 16), (33, 20)])
+def test_contour_areas_and_boxes_equal_opencv_on_noise(size: tuple[int, int]) -> None:
+    """Binary noise: thin lines, single pixels, diagonal touches and holes of every shape."""
+    cv2 = pytest.importorskip("cv2")
+    generator = torch.Generator().manual_seed(size[0])
+    masks = (torch.rand(40, *size, generator=generator) < 0.55).to(torch.uint8) * 255
+    levels = torch.tensor([127])
+    blobs, holes = B._component_tables(masks, levels)
+    for i, mask in enumerate(masks.numpy()):
+        contours = cv2.findContours(mask, cv2.RETR_TREE, cv2.CHAIN_APPROX_SIMPLE)[-2]
+        expected = sorted(cv2.contourArea(contour) for contour in contours)
+        ours = blobs.contour_area[blobs.batch_index == i].tolist() + holes.contour_area[holes.batch_index == i].tolist()
+        assert sorted(ours) == expected
+        result = B.blob_boxes(masks[i : i + 1], thresholds=[0.5])
+        assert _box_set(result) == _cv2_set(masks[i], 0.5)
+        largest = B.blob_boxes(masks[i : i + 1], thresholds=[0.5], largest_only=True)
+        assert largest.boxes.tolist() == cv2_backend.map_boxes_cv2(mask, 0.5, largest_only=True).tolist()
+
+
 def test_largest_only_has_one_row_per_map_and_threshold() -> None:
     torch.manual_seed(1)
     quantized = B.prepare_maps(torch.rand(3, 6, 6), size=(30, 30))
@@ -162,6 +217,8 @@ def test_torch_path_matches_opencv_on_random_smooth_maps() -> None:
     assert abs(max_box_acc(largest, (0.5,)) - max_box_acc(largest_cv2, (0.5,))) <= 0.2
     assert (every.amax(1) == every_cv2.amax(1)).double().mean() >= 0.995
     assert (largest.amax(1) == largest_cv2.amax(1)).double().mean() >= 0.995
+    # In fact equal for every map and threshold: same boxes, holes and contour areas as OpenCV.
+    assert torch.equal(every, every_cv2) and torch.equal(largest, largest_cv2)
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
