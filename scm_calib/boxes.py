@@ -554,7 +554,8 @@ def _merge_steps(
         bounds: The edges of step ``s`` are ``bounds[s]:bounds[s + 1]``.
         num_nodes: Number of nodes.
         num_steps: Number of steps.
-        use_numpy: Run the loop in NumPy; default on the CPU.
+        use_numpy: A loop over steps in NumPy (default on the CPU), or one vectorised union-find over all
+            steps in torch.
 
     Returns:
         (num_steps, num_nodes) int64.
@@ -573,14 +574,16 @@ def _merge_steps(
                 comp_np = _union_find_np(num_nodes, np.minimum(a, c), np.maximum(a, c))[comp_np]
             out[step] = comp_np
         return torch.from_numpy(out)
-    comp = torch.arange(num_nodes, device=lower.device)
-    comps = []
-    for step in range(num_steps):
-        if bounds[step + 1] > bounds[step]:
-            a, c = comp[lower[bounds[step] : bounds[step + 1]]], comp[upper[bounds[step] : bounds[step + 1]]]
-            comp = _union_find(num_nodes, torch.minimum(a, c), torch.maximum(a, c))[comp]
-        comps.append(comp)
-    return torch.stack(comps)
+    # One graph over (step, node) pairs, each edge copied into every step from its own on: no loop over
+    # steps (for GPUs, where each small operation costs a kernel launch).
+    first_step = torch.repeat_interleave(
+        torch.arange(num_steps, device=lower.device), torch.diff(torch.tensor(bounds, device=lower.device))
+    )
+    copies = num_steps - first_step
+    edge = torch.repeat_interleave(torch.arange(lower.numel(), device=lower.device), copies)
+    step = first_step[edge] + torch.arange(edge.numel(), device=lower.device) - (copies.cumsum(0) - copies)[edge]
+    labels = _union_find(num_steps * num_nodes, step * num_nodes + lower[edge], step * num_nodes + upper[edge])
+    return labels.view(num_steps, num_nodes) - torch.arange(num_steps, device=lower.device)[:, None] * num_nodes
 
 
 def _union_find_np(num_nodes: int, src: np.ndarray, dst: np.ndarray) -> np.ndarray:
