@@ -386,17 +386,23 @@ def _basin_tables(
 
 
 def _first_touch(
-    lower: Tensor, upper: Tensor, step: Tensor, num_basins: int, num_steps: int
+    lower: Tensor, upper: Tensor, step: Tensor, num_basins: int, num_steps: int, dense: bool | None = None
 ) -> tuple[Tensor, Tensor, Tensor]:
     """The distinct pairs ``lower < upper`` (basins ``num_basins`` stand for never-present pixels) and the
-    least step of each, leaving out pairs that never touch (step ``num_steps``)."""
-    if num_basins * num_basins <= 1 << 22:  # a dense table is cheaper than sorting the pixel pairs
-        table = torch.full(((num_basins + 1) ** 2,), num_steps, dtype=step.dtype, device=step.device)
-        table.scatter_reduce_(0, lower * (num_basins + 1) + upper, step, "amin")
+    least step of each, leaving out pairs that never touch (step ``num_steps``).
+
+    ``dense`` (default: when the table has at most 4M entries) reduces into a table over all pairs, which
+    is cheaper than sorting the pixel pairs.
+    """
+    step = step.long()
+    key = lower * (num_basins + 1) + upper
+    if (num_basins + 1) ** 2 <= 1 << 22 if dense is None else dense:
+        table = torch.full(((num_basins + 1) ** 2,), num_steps, dtype=torch.int64, device=step.device)
+        table.scatter_reduce_(0, key, step, "amin")
         pair = (table < num_steps).nonzero()[:, 0]
         first_step = table[pair]
     else:
-        pair, inverse = torch.unique(lower * (num_basins + 1) + upper, return_inverse=True)
+        pair, inverse = torch.unique(key, return_inverse=True)
         first_step = torch.full_like(pair, num_steps).scatter_reduce_(0, inverse, step, "amin")
         keep = first_step < num_steps
         pair, first_step = pair[keep], first_step[keep]

@@ -155,6 +155,22 @@ def test_level_merges_are_the_same_in_torch_and_numpy() -> None:
         assert torch.equal(in_numpy[s], joined)
 
 
+def test_first_touch_is_the_same_dense_and_sorted() -> None:
+    generator = torch.Generator().manual_seed(4)
+    a, c = torch.randint(0, 30, (500,), generator=generator), torch.randint(0, 31, (500,), generator=generator)
+    lower, upper = torch.minimum(a, c), torch.maximum(a, c)
+    keep = lower < upper
+    step = torch.randint(0, 12, (500,), generator=generator, dtype=torch.int16)[keep]
+    dense = B._first_touch(lower[keep], upper[keep], step, 30, 10, dense=True)
+    sorted_ = B._first_touch(lower[keep], upper[keep], step, 30, 10, dense=False)
+    assert all(torch.equal(x, y) for x, y in zip(dense, sorted_, strict=True))
+    expected: dict[tuple[int, int], int] = {}
+    for pair in zip(lower[keep].tolist(), upper[keep].tolist(), step.tolist(), strict=True):
+        if pair[2] < 10:  # step 10 (and later) is never
+            expected[pair[:2]] = min(expected.get(pair[:2], 99), pair[2])
+    assert sorted(expected.items()) == [((a, c), s) for a, c, s in zip(*(t.tolist() for t in dense), strict=True)]
+
+
 @pytest.mark.parametrize("size", [(7, 9), (16, 16), (33, 20)])
 def test_contour_areas_and_boxes_equal_opencv_on_noise(size: tuple[int, int]) -> None:
     """Binary noise: thin lines, single pixels, diagonal touches and holes of every shape."""
