@@ -11,15 +11,18 @@ Object Localization Methods Right" (CVPR 2020), as used by SCM (Bai et al., ECCV
    ``W - 1`` and ``H - 1``; no foreground gives the single box ``[0, 0, 0, 0]``;
 4. boxes are compared by IoU with inclusive pixel coordinates (width ``x1 - x0 + 1``).
 
-The whole threshold sweep is done at once: every row of the quantised map is cut into runs (maximal
-horizontal segments of foreground) for all thresholds together, directly from the level changes between
-neighbouring pixels, so the cost grows with the number of runs and not with pixels x thresholds. Runs
-of neighbouring rows that touch (8-connectivity) are joined by a vectorised union-find (hooking and
-pointer jumping), and a component's box is the min / max over its runs.
+The whole threshold sweep is done at once, since the foregrounds are nested (a lower level only adds
+pixels): every pixel points to its highest neighbour, which cuts the map into basins that stay connected
+at every level; a per-basin table of what each basin holds by each level, and the first level at which
+each pair of basins touch, are all the work over pixels. Levels are then walked top down, joining the
+basins of a few hundred pairs per map. Holes (4-connected background off the border) are the same
+computation bottom up, and contour areas come from the 2x2 squares between pixel centres (see
+:func:`_quad_mass`).
 
-Differences from OpenCV's ``findContours(RETR_TREE, CHAIN_APPROX_SIMPLE)`` (reproduced exactly by
-:mod:`scm_calib.boxes_cv2`): hole contours are not returned (their boxes lie inside the outer box of their
-component), and "largest" means the most foreground pixels rather than the largest contour polygon area.
+The result equals OpenCV's ``findContours(RETR_TREE, CHAIN_APPROX_SIMPLE)`` with ``cv2.contourArea`` and
+``cv2.boundingRect`` (reproduced exactly by :mod:`scm_calib.boxes_cv2`): the same blob and hole boxes, and
+the same largest contour, ties included, except that a hole is never the largest contour (OpenCV can pick
+a hole of exactly its blob's area, which only a ring one pixel thin along diagonals has).
 """
 
 from __future__ import annotations
