@@ -61,7 +61,7 @@ def main() -> None:
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--size", type=int, default=224)
     parser.add_argument("--grid", type=int, default=14)
-    parser.add_argument("--num-maps", type=int, default=None, help="default: 20000 on CUDA, 128 on CPU")
+    parser.add_argument("--num-maps", type=int, default=None, help="default: 4096 on CUDA, 128 on CPU")
     parser.add_argument("--chunk-size", type=int, default=None, help="default: the library's (64 CPU, 512 CUDA)")
     parser.add_argument(
         "--threads", type=int, nargs="+", default=None, help="CPU threads for the sweep; default: 1 and all cores"
@@ -70,7 +70,7 @@ def main() -> None:
     args = parser.parse_args()
     device = torch.device(args.device)
     cuda = device.type == "cuda"
-    num_maps = args.num_maps or (20000 if cuda else 128)
+    num_maps = args.num_maps or (4096 if cuda else 128)
     threads = [None] if cuda else (args.threads or sorted({1, torch.get_num_threads()}))
 
     generator = torch.Generator().manual_seed(0)

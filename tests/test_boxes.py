@@ -239,9 +239,13 @@ def test_torch_path_matches_opencv_on_random_smooth_maps() -> None:
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_cuda_matches_cpu() -> None:
+    """The GPU path (whole chunks at once, the vectorised merge over steps) against the CPU path."""
     torch.manual_seed(0)
-    quantized = B.prepare_maps(torch.rand(4, 7, 7), size=(56, 56))
-    gt = [torch.tensor([[5, 5, 30, 40]])] * 4
-    cpu = B.best_box_iou(quantized, gt)
-    gpu = B.best_box_iou(quantized.cuda(), [g.cuda() for g in gt])
-    assert all(torch.equal(a, b.cpu()) for a, b in zip(cpu, gpu, strict=True))
+    for maps, size in ((torch.rand(4, 7, 7), (56, 56)), (torch.rand(40, 14, 14), (224, 224))):
+        quantized = B.prepare_maps(maps, size=size)
+        gt = [torch.tensor([[5, 5, 30, 40]])] * len(maps)
+        cpu = B.best_box_iou(quantized, gt)
+        gpu = B.best_box_iou(quantized.cuda(), [g.cuda() for g in gt], chunk_size=16)
+        assert all(torch.equal(a, b.cpu()) for a, b in zip(cpu, gpu, strict=True))
+        cpu_boxes, gpu_boxes = B.blob_boxes(quantized), B.blob_boxes(quantized.cuda())
+        assert all(torch.equal(a, b.cpu()) for a, b in zip(cpu_boxes, gpu_boxes, strict=True))
