@@ -336,6 +336,9 @@ def run(config: TrainConfig, resume: str | None = None) -> dict[str, Any]:
         raise SetupError(str(err)) from err
     if config.threads is not None:
         torch.set_num_threads(config.threads)
+    # Once the model has trained a while, SCM's diffusion produces denormal floats, which the CPU handles
+    # some 4x slower; flushing them to zero left every loss of the default run unchanged.
+    torch.set_flush_denormal(True)
     seed_everything(config.seed + context.rank)
     run_dir = Path(config.output) / config.run_name
     datasets = load_datasets(config, context)
