@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# Every GPU check and benchmark in one run, for a machine with one CUDA GPU (about 6 minutes on an
-# H100/H200): the CUDA tests, then the benchmark tables. Everything printed is also saved under
+# Every GPU check and benchmark in one run, for a machine with one CUDA GPU (the steps' time limits add
+# up to 9 minutes): the CUDA tests, then the benchmark tables. Everything printed is also saved under
 # ${OUT:-gpu-checks}/; copy the figures into docs/benchmarks.md.
 #   bash benchmarks/gpu_checks.sh            # QUICK=1 for a short smoke run (also on a CPU)
 set -uo pipefail
