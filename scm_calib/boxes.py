@@ -784,6 +784,9 @@ def _blob_boxes(
             area = torch.where(blobs.hole, 0, blobs.area)[safe]
             boxes, area = torch.where(found[:, None], blobs.boxes[safe], 0), torch.where(found, area, 0)
         parts.append((boxes, pair // num_taus + chunk.start, pair % num_taus, area))
+    if not parts:  # no maps
+        empty = torch.zeros(0, dtype=torch.int64, device=device)
+        return BlobBoxes(empty.view(0, 4), empty, empty, empty)
     return BlobBoxes(*(torch.cat([part[i] for part in parts]) for i in range(4)))
 
 
@@ -907,6 +910,9 @@ def best_box_iou(
     if len(gt_boxes) != quantized.shape[0]:
         raise ValueError(f"got {len(gt_boxes)} box sets for {quantized.shape[0]} maps; pass one per map.")
     taus = _as_thresholds(wsol_thresholds() if thresholds is None else thresholds, quantized.device)
+    if len(gt_boxes) == 0:  # no maps
+        empty = torch.zeros(0, taus.numel(), dtype=torch.float64, device=quantized.device)
+        return empty, empty.clone()
     gt, valid = pad_boxes(gt_boxes, quantized.device)
     with _cpu_threads(quantized.device, num_threads) as workers:
         return _best_box_iou(quantized, gt, valid, taus, holes, chunk_size, workers)

@@ -190,6 +190,14 @@ def test_contour_areas_and_boxes_equal_opencv_on_noise(size: tuple[int, int]) ->
         assert largest.boxes.tolist() == cv2_backend.map_boxes_cv2(mask, 0.5, largest_only=True).tolist()
 
 
+def test_an_empty_batch_gives_empty_results() -> None:
+    empty = torch.zeros(0, 5, 5, dtype=torch.uint8)
+    result = B.blob_boxes(empty)
+    assert result.boxes.shape == (0, 4) and result.batch_index.numel() == 0
+    largest, every = B.best_box_iou(empty, [])
+    assert largest.shape == every.shape == (0, 100)
+
+
 def test_largest_only_has_one_row_per_map_and_threshold() -> None:
     torch.manual_seed(1)
     quantized = B.prepare_maps(torch.rand(3, 6, 6), size=(30, 30))
