@@ -170,7 +170,12 @@ def quantize_maps(maps: Tensor) -> Tensor:
         (B, H, W) uint8 maps.
     """
     _check_maps(maps)
-    return (maps.float() * 255).clamp(0, 255).to(torch.uint8)
+    return _quantize_(maps.float().clone())
+
+
+def _quantize_(maps: Tensor) -> Tensor:
+    """:func:`quantize_maps` of float32 maps, changing them in place."""
+    return maps.mul_(255).clamp_(0, 255).to(torch.uint8)
 
 
 def prepare_maps(maps: Tensor, size: tuple[int, int] | None = None, interpolation: str = "bicubic") -> Tensor:
@@ -196,7 +201,7 @@ def prepare_maps(maps: Tensor, size: tuple[int, int] | None = None, interpolatio
         maps = resize_maps(maps, size, interpolation)  # a new tensor, free to change in place
     else:
         maps = maps.float().clone()
-    return _normalize_(maps).mul_(255).clamp_(0, 255).to(torch.uint8)
+    return _quantize_(_normalize_(maps))
 
 
 def threshold_levels(quantized: Tensor, thresholds: Tensor | Sequence[float]) -> Tensor:
@@ -447,8 +452,7 @@ def _sweep(
     first_step = torch.cat([part.first_step for part in parts])
     by_step = torch.argsort(first_step)
     lower, upper, first_step = lower[by_step], upper[by_step], first_step[by_step]
-    bounds = torch.searchsorted(first_step, torch.arange(num_steps + 1, device=device)).tolist()
-    comp_at = _merge_steps(lower, upper, bounds, num_basins, num_steps)
+    comp_at = _merge_steps(lower, upper, first_step, num_basins, num_steps)
 
     # Reduce each component's basins, step by step, into slot step * num_basins + component.
     size = num_steps * num_basins
@@ -555,13 +559,13 @@ def _as_components(rows: Tensor) -> _Components:
 
 
 def _merge_steps(
-    lower: Tensor, upper: Tensor, bounds: list[int], num_nodes: int, num_steps: int, use_numpy: bool | None = None
+    lower: Tensor, upper: Tensor, first_step: Tensor, num_nodes: int, num_steps: int, use_numpy: bool | None = None
 ) -> Tensor:
     """The component (its least node) of every node at every step, as the edges of each step join them.
 
     Args:
         lower, upper: (E,) edges, sorted by the step at which they join.
-        bounds: The edges of step ``s`` are ``bounds[s]:bounds[s + 1]``.
+        first_step: (E,) the step at which each edge joins, ascending.
         num_nodes: Number of nodes.
         num_steps: Number of steps.
         use_numpy: A loop over steps in NumPy (default on the CPU), or one vectorised union-find over all
@@ -573,6 +577,7 @@ def _merge_steps(
     if use_numpy is None:
         use_numpy = lower.device.type == "cpu"
     if use_numpy:
+        bounds = torch.searchsorted(first_step, torch.arange(num_steps + 1)).tolist()
         # Many small operations: NumPy's are several times cheaper than torch's on the CPU.
         lower_np, upper_np = lower.numpy(), upper.numpy()
         comp_np = np.arange(num_nodes)
@@ -586,9 +591,6 @@ def _merge_steps(
         return torch.from_numpy(out)
     # One graph over (step, node) pairs, each edge copied into every step from its own on: no loop over
     # steps (for GPUs, where each small operation costs a kernel launch).
-    first_step = torch.repeat_interleave(
-        torch.arange(num_steps, device=lower.device), torch.diff(torch.tensor(bounds, device=lower.device))
-    )
     copies = num_steps - first_step
     edge = torch.repeat_interleave(torch.arange(lower.numel(), device=lower.device), copies)
     step = first_step[edge] + torch.arange(edge.numel(), device=lower.device) - (copies.cumsum(0) - copies)[edge]

@@ -143,8 +143,8 @@ def test_level_merges_are_the_same_in_torch_and_numpy() -> None:
     lower, upper = torch.minimum(lower, upper), torch.maximum(lower, upper) + 1
     step = torch.sort(torch.randint(0, 10, (120,), generator=generator)).values
     bounds = torch.searchsorted(step, torch.arange(11)).tolist()
-    in_numpy = B._merge_steps(lower, upper, bounds, 41, 10, use_numpy=True)
-    in_torch = B._merge_steps(lower, upper, bounds, 41, 10, use_numpy=False)
+    in_numpy = B._merge_steps(lower, upper, step, 41, 10, use_numpy=True)
+    in_torch = B._merge_steps(lower, upper, step, 41, 10, use_numpy=False)
     assert torch.equal(in_numpy, in_torch)
     # Each step's labels are the least node of each connected component of the edges so far.
     for s in (0, 4, 9):
