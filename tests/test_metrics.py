@@ -324,3 +324,118 @@ def test_scm_preset_equals_scm_test_cam() -> None:
     top1_maps = torch.from_numpy(cams[np.arange(len(cams)), logits.argmax(1)])
     result = {**M.box_accuracy(top1_maps, gts, protocol="scm", size=(32, 32)), **loc.compute()}
     assert {name: result[name] for name in expected} == pytest.approx(expected, abs=1e-9)
+
+
+@pytest.mark.parametrize("bad_label", [-1, 6, 200])
+def test_labels_outside_the_classes_are_an_error(bad_label: int) -> None:
+    logits, labels, gt, maps_topk, maps_gt = _loc_batch()
+    labels[1] = bad_label
+    with pytest.raises(ValueError, match=rf"image 1: label {bad_label} is outside \[0, 6\)"):
+        M.LocalizationAccuracy().update(logits, labels, gt, maps_topk, maps_gt)
+
+
+def test_float_labels_are_an_error() -> None:
+    logits, labels, gt, maps_topk, maps_gt = _loc_batch()
+    with pytest.raises(TypeError, match="integer class indices"):
+        M.LocalizationAccuracy().update(logits, labels.float(), gt, maps_topk, maps_gt)
+
+
+@pytest.mark.parametrize(
+    ("name", "value", "message"),
+    [
+        ("count", -3, "holds -3"),
+        ("hits_largest", -1, "holds -1"),
+        ("hits_all", 0.5, "holds 0.5"),
+        ("hits_largest", 99, "counts more images"),
+    ],
+)
+def test_loaded_state_must_hold_counts(name: str, value: float, message: str) -> None:
+    metric = M.BoxAccuracy()
+    maps, gt = _random_batch(4)
+    metric.update(maps, gt)
+    state = metric.state_dict()
+    state[name] = state[name].double()
+    state[name].view(-1)[0] = value
+    with pytest.raises(ValueError, match=message):
+        metric.load_state_dict(state)
+
+
+def test_pxap_state_rejects_negative_histograms() -> None:
+    metric = M.PixelAveragePrecision(step=0.01)
+    state = metric.state_dict()
+    state["object_hist"][3] = -2.0
+    with pytest.raises(ValueError, match="'object_hist' holds -2"):
+        metric.load_state_dict(state)
+
+
+def test_maps_of_all_classes_equal_top_k_and_ground_truth_maps() -> None:
+    cams, logits, labels, gts = _cam_like(6, 7, 24, seed=2)
+    labels[0] = np.argsort(logits[0])[0]  # the ground truth outside the top 5: GT-known needs its map
+    maps = torch.from_numpy(cams)
+    top = torch.from_numpy(logits).topk(5, dim=1).indices
+    given = M.LocalizationAccuracy(size=(24, 24))
+    given.update(
+        torch.from_numpy(logits),
+        torch.from_numpy(labels),
+        gts,
+        maps[torch.arange(6)[:, None], top],
+        maps[torch.arange(6), torch.from_numpy(labels)],
+    )
+    gathered = M.LocalizationAccuracy(size=(24, 24))
+    gathered.update(logits, labels, gts, maps=cams)  # numpy arrays, as a WSOL code base holds them
+    expected = given.state_dict()
+    assert all(torch.equal(expected[name], value) for name, value in gathered.state_dict().items())
+
+
+def test_box_accuracy_takes_numpy_arrays() -> None:
+    maps, gt = _random_batch(6)
+    expected = M.box_accuracy(maps, gt)
+    result = M.box_accuracy(maps.numpy(), [box.numpy() for box in gt])
+    assert (result["MaxBoxAcc"], result["MaxBoxAccV2"]) == (expected["MaxBoxAcc"], expected["MaxBoxAccV2"])
+
+
+def test_an_empty_batch_changes_nothing() -> None:
+    logits, labels, gt, maps_topk, maps_gt = _loc_batch()
+    metric = M.LocalizationAccuracy()
+    metric.update(logits, labels, gt, maps_topk, maps_gt)
+    before = metric.state_dict()
+    metric.update(logits[:0], labels[:0], [], maps_topk[:0], maps_gt[:0])
+    metric.update(logits[:0], labels[:0], [], maps=torch.zeros(0, 6, 16, 16))
+    boxes = M.BoxAccuracy()
+    boxes.update(torch.zeros(0, 16, 16), [])
+    assert all(torch.equal(before[k], v) for k, v in metric.state_dict().items())
+    assert int(boxes.count) == 0
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        (lambda a: {**a, "gt_boxes": a["gt_boxes"][:2]}, "2 ground-truth box sets for 3 images"),
+        (lambda a: {**a, "maps_gt": a["maps_gt"][:2]}, r"maps_gt must have shape \(B, H, W\) with B = 3"),
+        (lambda a: {**a, "maps_topk": a["maps_topk"][:2]}, r"maps_topk must have shape \(B, k, H, W\) with B = 3"),
+        (lambda a: {**a, "labels": a["labels"][:2]}, r"labels must have shape \(B,\) = \(3,\)"),
+        (lambda a: {**a, "maps": torch.zeros(3, 5, 16, 16)}, "not both"),
+        (lambda a: {**a, "maps_topk": None, "maps_gt": None}, "pass either maps="),
+        (lambda a: {**a, "maps_topk": None, "maps": torch.zeros(3, 5, 16, 16)}, r"\(3, 6, H, W\)"),
+    ],
+)
+def test_mismatched_batches_are_an_error(change: object, message: str) -> None:
+    logits, labels, gt, maps_topk, maps_gt = _loc_batch()
+    args = {"logits": logits, "labels": labels, "gt_boxes": gt, "maps_topk": maps_topk, "maps_gt": maps_gt}
+    with pytest.raises(ValueError, match=message):
+        M.LocalizationAccuracy().update(**change(args))
+
+
+@pytest.mark.parametrize(
+    "overrides",
+    [{"tau": 1.5}, {"tau": -0.1}, {"tau": float("nan")}, {"step": 0.0}, {"step": 1.0}],
+)
+def test_thresholds_outside_the_unit_interval_are_an_error(overrides: dict) -> None:
+    with pytest.raises(ValueError, match=r"must be in"):
+        M.BoxAccuracy(**overrides)
+
+
+@pytest.mark.parametrize("deltas", [(0.5, 1.5), (0.0, 0.5), ()])
+def test_iou_thresholds_outside_the_unit_interval_are_an_error(deltas: tuple) -> None:
+    with pytest.raises(ValueError, match=r"iou_thresholds must lie in \(0, 1\]"):
+        M.BoxAccuracy(M.Protocol("custom", iou_thresholds=deltas))
