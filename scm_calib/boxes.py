@@ -671,15 +671,17 @@ class _Blobs(NamedTuple):
     first: Tensor
 
 
-def _blobs(quantized: Tensor, levels: Tensor, hole_boxes: bool, contour_areas: bool, workers: int = 1) -> _Blobs:
+def _blobs(
+    quantized: Tensor, levels: Tensor, hole_boxes: bool, contour_areas: bool, workers: int = 1, clip: bool = True
+) -> _Blobs:
     """Blobs of every (map, level) slot ``map * L + level``, with the boxes of holes when ``hole_boxes``.
 
     A blob with pixel extents ``x0..x1`` gives ``[x0, y0, x1 + 1, y1 + 1]``; a hole's contour runs
     through the foreground pixels around it, so a hole with extents ``x0..x1`` gives
-    ``[x0 - 1, y0 - 1, x1 + 2, y1 + 2]``; both clipped to ``W - 1``, ``H - 1``. The holes are found
-    when their boxes or the blobs' contour areas (which include the holes) are needed.
+    ``[x0 - 1, y0 - 1, x1 + 2, y1 + 2]``; both clipped to ``W - 1``, ``H - 1`` when ``clip``. The holes are
+    found when their boxes or the blobs' contour areas (which include the holes) are needed.
     """
-    h, w = quantized.shape[-2:]
+    h, w = quantized.shape[-2:] if clip else (_INT32_MAX, _INT32_MAX)
     blobs, hole_rows = _component_tables(quantized, levels, holes=hole_boxes or contour_areas, workers=workers)
     parts = [(blobs, 0)] + ([(hole_rows, 1)] if hole_boxes else [])
     rows = []
@@ -861,27 +863,73 @@ def _iou(a: Tensor, b: Tensor) -> Tensor:
 
 
 def pad_boxes(gt_boxes: Sequence[Tensor], device: torch.device | None = None) -> tuple[Tensor, Tensor]:
-    """Stack per-image ground-truth boxes into a padded tensor.
+    """Stack per-image ground-truth boxes into a padded tensor, checking each box.
 
     Args:
-        gt_boxes: One (K_i, 4) tensor ``[x0, y0, x1, y1]`` per image (or a (B, K, 4) tensor).
+        gt_boxes: One (K_i, 4) tensor ``[x0, y0, x1, y1]`` per image, or (4,) for a single box (or a (B, K, 4)
+            tensor); tensors, arrays or nested lists.
         device: Device of the result; default the first tensor's.
 
     Returns:
         (B, K, 4) float64 boxes and (B, K) bool validity mask, K = max K_i.
+
+    Raises:
+        ValueError: An image has no box, boxes not shaped (K, 4), or a box with a NaN, a negative coordinate
+            or ``x1 < x0`` / ``y1 < y0``; the message names the image's index in the batch and the box.
     """
-    boxes = [torch.as_tensor(b).reshape(-1, 4) if torch.as_tensor(b).numel() else None for b in gt_boxes]
-    for i, b in enumerate(boxes):
-        if b is None:
-            raise ValueError(f"image {i} has no ground-truth box; every image needs at least one (K_i >= 1).")
-    device = boxes[0].device if device is None else device
-    k = max(b.shape[0] for b in boxes)
+    boxes = [_as_box_set(b, i) for i, b in enumerate(gt_boxes)]
+    device = boxes[0].device if device is None and boxes else device
+    k = max((b.shape[0] for b in boxes), default=0)
     out = torch.zeros(len(boxes), k, 4, dtype=torch.float64, device=device)
     valid = torch.zeros(len(boxes), k, dtype=torch.bool, device=device)
     for i, b in enumerate(boxes):
         out[i, : b.shape[0]] = b.to(device=device, dtype=torch.float64)
         valid[i, : b.shape[0]] = True
     return out, valid
+
+
+def _as_box_set(boxes: Tensor | np.ndarray | Sequence[float], image: int) -> Tensor:
+    """One image's ground-truth boxes as a checked (K, 4) tensor."""
+    b = torch.as_tensor(boxes)
+    if b.dim() == 1 and b.numel() == 4:
+        b = b[None]
+    if b.dim() != 2 or b.shape[1] != 4:
+        raise ValueError(
+            f"image {image}: ground-truth boxes must have shape (K, 4) as [x0, y0, x1, y1], got "
+            f"{tuple(b.shape)}; pass one (K, 4) tensor per image (reshape a flat list with .view(-1, 4))."
+        )
+    if b.shape[0] == 0:
+        raise ValueError(f"image {image} has no ground-truth box; every image needs at least one (K_i >= 1).")
+    if b.dtype == torch.bool or b.is_complex():
+        raise TypeError(f"image {image}: ground-truth boxes must be real pixel coordinates, got {b.dtype}.")
+    b64 = b.to(torch.float64)
+    bad = torch.isnan(b64).any(1) | (b64 < 0).any(1) | (b64[:, 2] < b64[:, 0]) | (b64[:, 3] < b64[:, 1])
+    if bool(bad.any()):
+        box = b64[int(bad.nonzero()[0, 0])].tolist()
+        raise ValueError(
+            f"image {image}: ground-truth box {box} is not [x0, y0, x1, y1] with 0 <= x0 <= x1 and 0 <= y0 <= y1 "
+            "(NaN, negative or inverted); fix the annotation or its conversion, e.g. (x, y, w, h) to "
+            "(x, y, x + w, y + h)."
+        )
+    return b
+
+
+def _check_frame(gt: Tensor, valid: Tensor, height: int, width: int) -> None:
+    """Every valid ground-truth box lies in the maps' frame (``x1 <= W``, ``y1 <= H``: the edge itself is
+    allowed for boxes written as ``x + width``)."""
+    outside = valid & ((gt[..., 2] > width) | (gt[..., 3] > height))
+    if not bool(outside.any()):
+        return
+    image, row = (int(i) for i in outside.nonzero()[0])
+    box = gt[image, row].tolist()
+    extent = int(gt[valid][:, 2:].amax()) + 1
+    hint = (
+        f"the boxes are in pixels of a larger image (about {extent} px): pass size=(H, W) of that image to "
+        "BoxAccuracy / LocalizationAccuracy / boxes_from_maps to resize the maps to it"
+        if extent > 2 * max(height, width)
+        else "scale the boxes to the maps with scale_boxes(), or pass size=(H, W) of the boxes' image"
+    )
+    raise ValueError(f"image {image}: ground-truth box {box} lies outside the {height} x {width} (H x W) maps; {hint}.")
 
 
 def best_box_iou(
@@ -891,6 +939,7 @@ def best_box_iou(
     holes: bool = True,
     chunk_size: int | None = None,
     num_threads: int | None = None,
+    clip: bool = True,
 ) -> tuple[Tensor, Tensor]:
     """Best IoU with the ground truth of each map at each threshold, largest blob and all blobs.
 
@@ -902,6 +951,7 @@ def best_box_iou(
         chunk_size: Maps processed at once, which bounds memory; default 64 on the CPU, 512 on a GPU.
         num_threads: CPU threads sharing the maps (``None``: ``torch.get_num_threads()``); torch ops
             then run on one thread each.
+        clip: Clip the boxes' ``x1``, ``y1`` to ``W - 1``, ``H - 1`` (wsolevaluation); TS-CAM's code does not.
 
     Returns:
         (B, T) float64 IoU of the largest blob's box with its best ground-truth box (MaxBoxAcc), and
@@ -916,8 +966,9 @@ def best_box_iou(
         empty = torch.zeros(0, taus.numel(), dtype=torch.float64, device=quantized.device)
         return empty, empty.clone()
     gt, valid = pad_boxes(gt_boxes, quantized.device)
+    _check_frame(gt, valid, *quantized.shape[-2:])
     with _cpu_threads(quantized.device, num_threads) as workers:
-        return _best_box_iou(quantized, gt, valid, taus, holes, chunk_size, workers)
+        return _best_box_iou(quantized, gt, valid, taus, holes, chunk_size, workers, clip)
 
 
 def _best_box_iou(
@@ -928,13 +979,14 @@ def _best_box_iou(
     holes: bool,
     chunk_size: int | None,
     workers: int = 1,
+    clip: bool = True,
 ) -> tuple[Tensor, Tensor]:
     largest_parts, all_parts = [], []
     for chunk in _chunks(quantized.shape[0], chunk_size, quantized.device):
         q, gt_chunk, valid_chunk = quantized[chunk], gt[chunk], valid[chunk]
         levels, level_index = _level_table(q, taus)
         num_slots = q.shape[0] * levels.numel()
-        blobs = _blobs(q, levels, hole_boxes=holes, contour_areas=True, workers=workers)
+        blobs = _blobs(q, levels, hole_boxes=holes, contour_areas=True, workers=workers, clip=clip)
         image = torch.div(blobs.slot, levels.numel(), rounding_mode="floor")
         iou = _iou(blobs.boxes.to(torch.float64)[:, None], gt_chunk[image])
         iou = torch.where(valid_chunk[image], iou, -1.0).amax(dim=1)
@@ -955,8 +1007,10 @@ def _best_box_iou(
 def scale_boxes(boxes: Tensor, original_size: tuple[int, int], size: tuple[int, int] = (224, 224)) -> Tensor:
     """Scale ground-truth boxes from the original image to the resized one, truncating to int.
 
-    Each coordinate is multiplied by ``new / original`` of its axis and truncated, the protocol's
-    convention for the 224 x 224 resize.
+    Each coordinate is multiplied by the new size and divided by the original size of its axis, in float64
+    and in that order, then truncated: wsolevaluation's ``resize_bbox`` bit for bit (``x * (new / old)``
+    differs by one pixel on some inputs, e.g. x = 55 of 110 px at 224: 112 here, 111 there).
+    :func:`scm_calib.data.protocol_boxes` is this function.
 
     Args:
         boxes: (K, 4) boxes ``[x0, y0, x1, y1]`` in pixels of the original image.
@@ -966,11 +1020,15 @@ def scale_boxes(boxes: Tensor, original_size: tuple[int, int], size: tuple[int, 
     Returns:
         (K, 4) int64 boxes.
     """
+    boxes = torch.as_tensor(boxes)
+    if boxes.dim() != 2 or boxes.shape[-1] != 4:
+        raise ValueError(f"boxes must have shape (K, 4) as [x0, y0, x1, y1], got {tuple(boxes.shape)}.")
     (w0, h0), (w1, h1) = original_size, size
     if min(w0, h0, w1, h1) <= 0:
         raise ValueError(f"sizes must be positive (W, H), got original_size={original_size}, size={size}.")
-    scale = torch.tensor([w1 / w0, h1 / h0, w1 / w0, h1 / h0], dtype=torch.float64, device=boxes.device)
-    return torch.trunc(boxes.to(torch.float64) * scale).to(torch.int64)
+    new = torch.tensor([w1, h1, w1, h1], dtype=torch.float64, device=boxes.device)
+    old = torch.tensor([w0, h0, w0, h0], dtype=torch.float64, device=boxes.device)
+    return torch.trunc(boxes.to(torch.float64) * new / old).to(torch.int64)
 
 
 @contextmanager

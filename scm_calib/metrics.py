@@ -21,11 +21,12 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 
+import numpy as np
 import torch
 import torch.distributed as dist
 from torch import Tensor
 
-from scm_calib.boxes import best_box_iou, normalize_maps, prepare_maps, resize_maps, wsol_thresholds
+from scm_calib.boxes import INTERPOLATIONS, best_box_iou, normalize_maps, prepare_maps, resize_maps, wsol_thresholds
 
 __all__ = [
     "PROTOCOLS",
@@ -49,8 +50,13 @@ class Protocol:
         step: Threshold grid step: ``tau`` in ``arange(0, 1, step)``.
         tau: A fixed threshold instead of the sweep (TS-CAM), or ``None`` to sweep.
         iou_thresholds: IoU thresholds ``delta`` of MaxBoxAccV2; Top-k Loc and MaxBoxAcc use 0.5.
-        strict_iou: Count a hit at ``IoU > delta`` instead of ``IoU >= delta``.
+        strict_iou: Top-1 / Top-5 Loc count a hit at ``IoU > 0.5`` instead of ``IoU >= 0.5`` (TS-CAM's
+            ``cls_loc_err``); GT-known Loc and the box metrics always use ``>=``.
         holes: Count the boxes of hole contours among all blobs (OpenCV ``RETR_TREE``).
+        multi_contour: MaxBoxAccV2 scores the boxes of all blobs (wsolevaluation's ``multi_contour_eval``);
+            ``False`` scores the largest blob's box at every IoU threshold, as SCM's ``test_cam.py`` does.
+        clip: Clip the predicted boxes' ``x1``, ``y1`` to ``W - 1``, ``H - 1`` (wsolevaluation); TS-CAM's
+            ``get_bboxes`` keeps ``x + w``, ``y + h``.
         tau_per_metric: Choose the best ``tau`` separately for every Top-k / GT-known metric
             (SCM's code) instead of once, on GT-known Loc, for all of them.
         gt_known_from_top1: Compute "GT-known Loc" from the top-1 predicted class's map (SCM's code)
@@ -64,14 +70,16 @@ class Protocol:
     iou_thresholds: tuple[float, ...] = (0.3, 0.5, 0.7)
     strict_iou: bool = False
     holes: bool = True
+    multi_contour: bool = True
+    clip: bool = True
     tau_per_metric: bool = False
     gt_known_from_top1: bool = False
 
 
 PROTOCOLS: dict[str, Protocol] = {
     "wsol": Protocol("wsol"),
-    "scm": Protocol("scm", interpolation="bilinear", tau_per_metric=True, gt_known_from_top1=True),
-    "tscam": Protocol("tscam", interpolation="bilinear", tau=0.1, strict_iou=True),
+    "scm": Protocol("scm", interpolation="bilinear", multi_contour=False, tau_per_metric=True, gt_known_from_top1=True),
+    "tscam": Protocol("tscam", interpolation="bilinear", tau=0.1, strict_iou=True, multi_contour=False, clip=False),
 }
 
 
@@ -89,7 +97,12 @@ def get_protocol(protocol: str | Protocol, **overrides: object) -> Protocol:
         if protocol not in PROTOCOLS:
             raise ValueError(f"unknown protocol {protocol!r}; use one of {sorted(PROTOCOLS)} or a Protocol.")
         protocol = PROTOCOLS[protocol]
-    return replace(protocol, **{key: value for key, value in overrides.items() if value is not None})
+    protocol = replace(protocol, **{key: value for key, value in overrides.items() if value is not None})
+    if protocol.interpolation not in INTERPOLATIONS:
+        raise ValueError(f"interpolation must be one of {INTERPOLATIONS}, got {protocol.interpolation!r}.")
+    if not protocol.iou_thresholds or not all(0.0 < delta <= 1.0 for delta in protocol.iou_thresholds):
+        raise ValueError(f"iou_thresholds must lie in (0, 1], got {protocol.iou_thresholds}; e.g. (0.3, 0.5, 0.7).")
+    return protocol
 
 
 def _thresholds(protocol: Protocol) -> Tensor:
@@ -118,10 +131,26 @@ def accuracy_curve(best_iou: Tensor, iou_threshold: float = 0.5, strict: bool = 
     return _hits(best_iou, iou_threshold, strict).to(torch.float64).mean(dim=0) * 100
 
 
+def _check_labels(labels: Tensor, batch: int, num_classes: int) -> None:
+    """Labels are (B,) integer classes in ``[0, C)``."""
+    if labels.shape != (batch,):
+        raise ValueError(f"labels must have shape (B,) = ({batch},) to fit the logits, got {tuple(labels.shape)}.")
+    if labels.dtype.is_floating_point or labels.dtype.is_complex or labels.dtype == torch.bool:
+        raise TypeError(f"labels must be integer class indices, got {labels.dtype}; convert with labels.long().")
+    outside = (labels < 0) | (labels >= num_classes)
+    if bool(outside.any()):
+        image = int(outside.nonzero()[0, 0])
+        raise ValueError(
+            f"image {image}: label {int(labels[image])} is outside [0, {num_classes}) of the logits' {num_classes} "
+            "classes; use 0-based labels (CUB's image_class_labels.txt is 1-based) and logits of every class."
+        )
+
+
 class _Streaming:
     """Named state tensors that sum across processes; subclasses list them in ``_states``."""
 
     _states: tuple[str, ...] = ()
+    _counted: tuple[str, ...] = ()  # states that count images, so at most ``count``
 
     def reset(self) -> None:
         """Zero the state; the next :meth:`update` starts a new evaluation."""
@@ -146,18 +175,42 @@ class _Streaming:
         return {name: getattr(self, name).clone() for name in self._states}
 
     def load_state_dict(self, state: dict[str, Tensor]) -> None:
-        """Replace the state with ``state`` (from :meth:`state_dict`)."""
+        """Replace the state with ``state`` (from :meth:`state_dict`, or a sum of them).
+
+        Raises:
+            KeyError: A state is missing.
+            ValueError: A state has another shape, holds a negative, non-finite or fractional count, or counts
+                more images than ``count``.
+        """
         missing = set(self._states) - set(state)
         if missing:
             raise KeyError(f"state misses {sorted(missing)}; pass state_dict() of the same metric.")
-        for name in self._states:
+        values = {name: torch.as_tensor(state[name]).detach() for name in self._states}
+        for name, value in values.items():
             current = getattr(self, name)
-            if state[name].shape != current.shape:
+            if value.shape != current.shape:
                 raise ValueError(
-                    f"state {name!r} has shape {tuple(state[name].shape)}, expected {tuple(current.shape)}; "
+                    f"state {name!r} has shape {tuple(value.shape)}, expected {tuple(current.shape)}; "
                     "was it saved with another protocol or threshold grid?"
                 )
-            setattr(self, name, state[name].to(current.device, current.dtype).clone())
+            as_float = value.double()
+            bad = ~torch.isfinite(as_float) | (as_float < 0)
+            if not current.dtype.is_floating_point:
+                bad |= as_float != as_float.round()
+            if bool(bad.any()):
+                raise ValueError(
+                    f"state {name!r} holds {as_float[bad][0].item()}, not a count (whole, >= 0); pass "
+                    "state_dict() of this metric or sums of them."
+                )
+        for name in self._counted:
+            if bool((values[name] > values["count"]).any()):
+                raise ValueError(
+                    f"state {name!r} counts more images ({int(values[name].max())}) than 'count' "
+                    f"({int(values['count'])}); pass state_dict() of this metric or sums of them."
+                )
+        for name, value in values.items():
+            current = getattr(self, name)
+            setattr(self, name, value.to(current.device, current.dtype).clone())
 
 
 class BoxAccuracy(_Streaming):
@@ -176,6 +229,7 @@ class BoxAccuracy(_Streaming):
     """
 
     _states = ("hits_largest", "hits_all", "count")
+    _counted = ("hits_largest", "hits_all")
 
     def __init__(
         self,
@@ -196,22 +250,36 @@ class BoxAccuracy(_Streaming):
         self.hits_all = torch.zeros(shape, dtype=torch.int64)
         self.count = torch.zeros((), dtype=torch.int64)
 
-    def update(self, maps: Tensor, gt_boxes: Sequence[Tensor]) -> None:
+    def update(self, maps: Tensor | np.ndarray, gt_boxes: Sequence[Tensor | np.ndarray]) -> None:
         """Add a batch.
 
         Args:
             maps: (B, H, W) score maps of the ground-truth class at image resolution, any real values
-                (or at any resolution with ``size`` set).
-            gt_boxes: One (K_i, 4) tensor ``[x0, y0, x1, y1]`` (pixels, inclusive) per image.
+                (or at any resolution with ``size`` set); a tensor or an array.
+            gt_boxes: One (K_i, 4) tensor or array ``[x0, y0, x1, y1]`` (pixels of the ``H x W`` image,
+                inclusive) per image.
+
+        Raises:
+            ValueError: Maps not (B, H, W), not one box set per map, or a ground-truth box that is NaN,
+                negative, inverted or outside the ``H x W`` frame (e.g. 224 px boxes on grid maps without
+                ``size``); the message names the image and the box.
         """
+        maps = torch.as_tensor(maps)
         self._to(maps.device)
         quantized = prepare_maps(maps.detach(), self.size, self.protocol.interpolation)
         largest, every = best_box_iou(
-            quantized, gt_boxes, self.thresholds.to(maps.device), self.protocol.holes, self.chunk_size
+            quantized,
+            gt_boxes,
+            self.thresholds.to(maps.device),
+            self.protocol.holes,
+            self.chunk_size,
+            clip=self.protocol.clip,
         )
+        if not self.protocol.multi_contour:
+            every = largest
         for d, delta in enumerate(self.protocol.iou_thresholds):
-            self.hits_largest[:, d] += _hits(largest, delta, self.protocol.strict_iou).sum(dim=0)
-            self.hits_all[:, d] += _hits(every, delta, self.protocol.strict_iou).sum(dim=0)
+            self.hits_largest[:, d] += (largest >= delta).sum(dim=0)
+            self.hits_all[:, d] += (every >= delta).sum(dim=0)
         self.count += quantized.shape[0]
 
     def compute(self) -> dict[str, float | Tensor]:
@@ -285,6 +353,7 @@ class LocalizationAccuracy(_Streaming):
     """
 
     _states = ("top1_loc", "top5_loc", "gt_known", "top1_cls", "top5_cls", "count")
+    _counted = ("top1_loc", "top5_loc", "gt_known", "top1_cls", "top5_cls")
 
     def __init__(
         self,
@@ -309,64 +378,102 @@ class LocalizationAccuracy(_Streaming):
 
     def update(
         self,
-        logits: Tensor,
-        labels: Tensor,
-        gt_boxes: Sequence[Tensor],
-        maps_topk: Tensor,
-        maps_gt: Tensor | None = None,
+        logits: Tensor | np.ndarray,
+        labels: Tensor | np.ndarray,
+        gt_boxes: Sequence[Tensor | np.ndarray],
+        maps_topk: Tensor | np.ndarray | None = None,
+        maps_gt: Tensor | np.ndarray | None = None,
+        *,
+        maps: Tensor | np.ndarray | None = None,
     ) -> None:
-        """Add a batch.
+        """Add a batch: pass ``maps`` (every class's map, as WSOL code bases have them) or ``maps_topk``.
 
         Args:
             logits: (B, C) class scores; their top-k order gives the classes of ``maps_topk``.
-            labels: (B,) ground-truth classes.
-            gt_boxes: One (K_i, 4) tensor of ground-truth boxes per image.
+            labels: (B,) ground-truth classes, integers in ``[0, C)``.
+            gt_boxes: One (K_i, 4) tensor or array of ground-truth boxes per image.
             maps_topk: (B, k, H, W) maps of the top-k classes of ``logits``, best first; k >= 5 for
                 Top-5 Loc (k = 1 is enough for Top-1 Loc and, under ``"scm"``, GT-known Loc).
-            maps_gt: (B, H, W) maps of the ground-truth classes, for GT-known Loc. ``None`` takes the
-                ground-truth class's map from ``maps_topk`` (it must be there) or, under ``"scm"``,
-                the top-1 map.
+            maps_gt: (B, H, W) maps of the ground-truth classes, for GT-known Loc with ``maps_topk``.
+                ``None`` takes the ground-truth class's map from ``maps_topk`` (it must be there) or, under
+                ``"scm"``, the top-1 map.
+            maps: (B, C, H, W) maps of all classes (keyword only), instead of ``maps_topk`` and ``maps_gt``:
+                the top-5 and ground-truth maps are taken from it.
+
+        Raises:
+            ValueError: Shapes that do not fit together, labels outside ``[0, C)``, or a bad ground-truth box
+                (see :meth:`BoxAccuracy.update`).
         """
-        if logits.dim() != 2 or labels.shape != logits.shape[:1] or maps_topk.dim() != 4:
+        logits, labels = torch.as_tensor(logits).detach(), torch.as_tensor(labels)
+        if logits.dim() != 2:
+            raise ValueError(f"logits must have shape (B, C), got {tuple(logits.shape)}.")
+        b, num_classes = logits.shape
+        _check_labels(labels, b, num_classes)
+        if len(gt_boxes) != b:
+            raise ValueError(f"got {len(gt_boxes)} ground-truth box sets for {b} images; pass one per image.")
+        if (maps is None) == (maps_topk is None):
+            raise ValueError("pass either maps= (B, C, H, W) of all classes or maps_topk (B, k, H, W), not both.")
+        if maps is not None:
+            maps = torch.as_tensor(maps).detach()
+            if maps.dim() != 4 or tuple(maps.shape[:2]) != (b, num_classes):
+                raise ValueError(
+                    f"maps must have shape (B, C, H, W) = ({b}, {num_classes}, H, W) to fit logits "
+                    f"{tuple(logits.shape)}, got {tuple(maps.shape)}."
+                )
+            top = logits.topk(min(5, num_classes), dim=1).indices.to(maps.device)
+            maps_topk = maps[torch.arange(b, device=maps.device)[:, None], top]
+            in_top = (top == labels.to(maps.device)[:, None]).any(dim=1).all()
+            maps_gt = None if bool(in_top) else maps[torch.arange(b, device=maps.device), labels.to(maps.device)]
+        maps_topk = torch.as_tensor(maps_topk).detach()
+        if maps_topk.dim() != 4 or maps_topk.shape[0] != b or not 1 <= maps_topk.shape[1] <= num_classes:
             raise ValueError(
-                f"expected logits (B, C), labels (B,) and maps_topk (B, k, H, W), got {tuple(logits.shape)}, "
-                f"{tuple(labels.shape)} and {tuple(maps_topk.shape)}."
+                f"maps_topk must have shape (B, k, H, W) with B = {b} and 1 <= k <= C = {num_classes} to fit "
+                f"logits {tuple(logits.shape)}, got {tuple(maps_topk.shape)}."
             )
-        b, k = maps_topk.shape[:2]
-        if k > logits.shape[1] or b != logits.shape[0]:
-            raise ValueError(f"maps_topk {tuple(maps_topk.shape)} does not fit logits {tuple(logits.shape)}.")
+        if maps_gt is not None:
+            maps_gt = torch.as_tensor(maps_gt).detach()
+            if maps_gt.dim() != 3 or maps_gt.shape[0] != b:
+                raise ValueError(f"maps_gt must have shape (B, H, W) with B = {b}, got {tuple(maps_gt.shape)}.")
+        k = maps_topk.shape[1]
         device = maps_topk.device
         self._to(device)
         labels = labels.to(device)
-        ranked = logits.detach().topk(min(5, logits.shape[1]), dim=1).indices.to(device)
+        ranked = logits.topk(min(5, num_classes), dim=1).indices.to(device)
         correct = ranked == labels[:, None]  # (B, min(5, C))
-        hits = self._hits(maps_topk.flatten(0, 1), [box for box in gt_boxes for _ in range(k)]).view(b, k, -1)
+        iou = torch.stack([self._largest_iou(maps_topk[:, j], gt_boxes) for j in range(k)], dim=1)  # (B, k, T)
+        hits = _hits(iou, 0.5, self.protocol.strict_iou)
         found = correct[:, :k]
         self.top1_loc += (hits[:, 0] & found[:, :1]).sum(dim=0)
         self.top5_loc += (hits[:, :5] & found[:, :5, None]).any(dim=1).sum(dim=0)
         if self.protocol.gt_known_from_top1:
-            known = hits[:, 0]
+            known = iou[:, 0]
         elif maps_gt is not None:
-            known = self._hits(maps_gt, list(gt_boxes))
+            known = self._largest_iou(maps_gt, gt_boxes)
         elif bool(found.any(dim=1).all()):
-            known = hits[torch.arange(b, device=device), found.to(torch.int64).argmax(dim=1)]
+            known = iou[torch.arange(b, device=device), found.to(torch.int64).argmax(dim=1)]
         else:
             raise ValueError(
                 "maps_gt is needed for GT-known Loc: the ground-truth class is not among the top-k maps of "
                 f"{int((~found.any(dim=1)).sum())} images; pass maps_gt (B, H, W)."
             )
-        self.gt_known += known.sum(dim=0)
+        self.gt_known += (known >= 0.5).sum(dim=0)
         self.top1_cls += correct[:, 0].sum()
         self.top5_cls += correct.any(dim=1).sum()
         self.count += b
         self._k = max(self._k, k)
 
-    def _hits(self, maps: Tensor, gt_boxes: Sequence[Tensor]) -> Tensor:
-        quantized = prepare_maps(maps.detach(), self.size, self.protocol.interpolation)
+    def _largest_iou(self, maps: Tensor, gt_boxes: Sequence[Tensor | np.ndarray]) -> Tensor:
+        """(B, T) IoU of the largest blob's box of each map with its best ground-truth box."""
+        quantized = prepare_maps(maps, self.size, self.protocol.interpolation)
         largest, _ = best_box_iou(
-            quantized, gt_boxes, self.thresholds.to(maps.device), holes=False, chunk_size=self.chunk_size
+            quantized,
+            gt_boxes,
+            self.thresholds.to(maps.device),
+            holes=False,
+            chunk_size=self.chunk_size,
+            clip=self.protocol.clip,
         )
-        return _hits(largest, 0.5, self.protocol.strict_iou)
+        return largest
 
     def compute(self) -> dict[str, float | Tensor]:
         """The metrics so far, in percent.

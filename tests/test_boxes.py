@@ -257,3 +257,46 @@ def test_cuda_matches_cpu() -> None:
         assert all(torch.equal(a, b.cpu()) for a, b in zip(cpu, gpu, strict=True))
         cpu_boxes, gpu_boxes = B.blob_boxes(quantized), B.blob_boxes(quantized.cuda())
         assert all(torch.equal(a, b.cpu()) for a, b in zip(cpu_boxes, gpu_boxes, strict=True))
+
+
+@pytest.mark.parametrize(
+    ("box", "message"),
+    [
+        ([9, 2, 3, 8], r"image 1: ground-truth box \[9\.0, 2\.0, 3\.0, 8\.0\].*inverted"),  # x1 < x0
+        ([2, 9, 8, 3], r"image 1: .*inverted"),  # y1 < y0
+        ([float("nan"), 2, 3, 8], r"image 1: ground-truth box \[nan"),
+        ([-1, 2, 3, 8], r"image 1: .*negative"),
+        ([2, 2, 30, 8], r"image 1: ground-truth box \[2\.0, 2\.0, 30\.0, 8\.0\] lies outside the 16 x 16"),
+        ([2, 2, 8, 8, 3, 3, 9, 9], r"image 1: .*shape \(K, 4\).*\(8,\)"),  # a flat list of two boxes
+    ],
+)
+def test_bad_ground_truth_box_names_the_image_and_the_box(box: list[float], message: str) -> None:
+    quantized = torch.zeros(2, 16, 16, dtype=torch.uint8)
+    with pytest.raises(ValueError, match=message):
+        B.best_box_iou(quantized, [torch.tensor([[1, 1, 5, 5]]), torch.tensor(box)])
+
+
+@pytest.mark.parametrize("grid", [7, 14])
+def test_grid_maps_with_image_boxes_say_pass_size(grid: int) -> None:
+    maps = torch.rand(2, grid, grid, generator=torch.Generator().manual_seed(0))
+    gt = [torch.tensor([[30, 40, 180, 200]])] * 2
+    with pytest.raises(ValueError, match=r"image 0: .*outside.*pass size=\(H, W\)"):
+        B.best_box_iou(B.prepare_maps(maps), gt)
+
+
+def test_a_single_box_as_a_flat_4_vector_and_the_edge_are_accepted() -> None:
+    quantized = B.prepare_maps(torch.rand(1, 16, 16, generator=torch.Generator().manual_seed(0)))
+    flat, _ = B.best_box_iou(quantized, [np.array([2, 3, 16, 16])])  # x1 = W: a box written as x + width
+    table, _ = B.best_box_iou(quantized, [torch.tensor([[2, 3, 16, 16]])])
+    assert torch.equal(flat, table)
+
+
+@pytest.mark.parametrize(("x", "width", "expected"), [(55, 110, 112), (10.7, 500, 4), (499, 500, 223), (3, 7, 96)])
+def test_scale_boxes_follows_wsolevaluation_resize_bbox(x: float, width: int, expected: int) -> None:
+    # resize_bbox: int(x * new_w / w); x * (new_w / w) gives 111 for x = 55 of 110.
+    assert int(x * 224.0 / width) == expected
+    boxes = torch.tensor([[x, x, x, x]], dtype=torch.float64)
+    assert B.scale_boxes(boxes, (width, width)).tolist() == [[expected] * 4]
+    from scm_calib.data import protocol_boxes
+
+    assert protocol_boxes(boxes, (width, width), (224, 224)).tolist() == [[expected] * 4]

@@ -50,13 +50,16 @@ def test_v2_counts_every_blob_but_v1_only_the_largest() -> None:
     assert result["MaxBoxAccV2"] == 100.0
 
 
-def test_tscam_iou_is_strict() -> None:
+def test_tscam_top_k_loc_is_strict_but_gt_known_is_not() -> None:
     # Blob x 0..3, y 0..9 gives the box [0, 0, 4, 10]; vs ground truth [0, 0, 9, 10]: IoU = 55 / 110.
     maps = _square_map(16, 0, 0, 3, 9)[None]
     gt = [torch.tensor([[0, 0, 9, 10]])]
     assert B.box_iou(torch.tensor([[0, 0, 4, 10]]), gt[0]).item() == 0.5
-    assert M.box_accuracy(maps, gt, protocol="wsol", tau=0.1)["MaxBoxAcc"] == 100.0
-    assert M.box_accuracy(maps, gt, protocol="tscam")["MaxBoxAcc"] == 0.0
+    assert M.box_accuracy(maps, gt, protocol="tscam")["MaxBoxAcc"] == 100.0  # TS-CAM: iou >= 0.5
+    metric = M.LocalizationAccuracy("tscam")
+    metric.update(torch.tensor([[2.0, 1.0]]), torch.tensor([0]), gt, maps[:, None])
+    result = metric.compute()
+    assert (result["Top1Loc"], result["GTKnownLoc"]) == (0.0, 100.0)  # TS-CAM: Top-k Loc needs iou > 0.5
 
 
 def test_streaming_equals_one_shot_and_states_sum() -> None:
@@ -192,3 +195,247 @@ def test_pxap_perfect_map_is_100() -> None:
 def test_unknown_protocol_names_the_choices() -> None:
     with pytest.raises(ValueError, match="scm"):
         M.BoxAccuracy(protocol="cub")
+
+
+def _cam_like(n: int, classes: int, size: int, seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, list]:
+    """CAM-like 14 x 14 maps of every class (1 to 3 Gaussian bumps plus noise), logits, labels and one
+    ground-truth box per image around the label's main bump, in pixels of a ``size`` image."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[0:14, 0:14]
+    cams = np.zeros((n, classes, 14, 14), dtype=np.float32)
+    centres = rng.uniform(2, 16, (n, classes, 3, 2))  # often across the right or bottom edge
+    sigmas = rng.uniform(1.0, 4.0, (n, classes, 3))
+    for bump in range(3):
+        weight = 1.0 if bump == 0 else rng.uniform(0, 0.8, (n, classes, 1, 1))
+        d2 = (xx - centres[..., bump, 0, None, None]) ** 2 + (yy - centres[..., bump, 1, None, None]) ** 2
+        cams += (weight * np.exp(-d2 / (2 * sigmas[..., bump, None, None] ** 2))).astype(np.float32)
+    cams += rng.uniform(0, 0.1, cams.shape).astype(np.float32)
+    labels = rng.integers(0, classes, n)
+    logits = rng.normal(size=(n, classes))
+    logits[np.arange(n), labels] += rng.uniform(0, 2, n)
+    scale = size / 14
+    boxes = []
+    for i, label in enumerate(labels):
+        (cx, cy), sigma = centres[i, label, 0] * scale, sigmas[i, label, 0] * scale * rng.uniform(1.0, 2.5)
+        box = np.clip(np.array([cx - sigma, cy - sigma, cx + sigma, cy + sigma]), 0, size - 1).astype(np.int64)
+        boxes.append(box[None])
+    return cams, logits, labels, boxes
+
+
+def _inclusive_iou(box: list[int], gt: np.ndarray) -> float:
+    """Best IoU of one box with the ground-truth boxes, inclusive pixels, as both code bases compute it."""
+    iw = np.maximum(np.minimum(box[2], gt[:, 2]) - np.maximum(box[0], gt[:, 0]) + 1, 0)
+    ih = np.maximum(np.minimum(box[3], gt[:, 3]) - np.maximum(box[1], gt[:, 1]) + 1, 0)
+    inter = iw * ih
+    union = (box[2] - box[0] + 1) * (box[3] - box[1] + 1) + (gt[:, 2] - gt[:, 0] + 1) * (gt[:, 3] - gt[:, 1] + 1)
+    return float(np.max(inter / (union - inter), initial=0.0))
+
+
+def _resize_normalise(cam: np.ndarray, size: int) -> np.ndarray:
+    """Both code bases: cv2's bilinear resize, then min-max."""
+    cv2 = pytest.importorskip("cv2")
+    cam = cv2.resize(cam, (size, size))
+    return (cam - cam.min()) / (cam.max() - cam.min())
+
+
+def _tscam_reference(cams: np.ndarray, logits: np.ndarray, labels: np.ndarray, gts: list, size: int) -> dict:
+    """TS-CAM's ``evaluate_cls_loc`` (lib/cams_deit.py) in other words: the largest contour of the map
+    thresholded at ``int(0.1 * max)``, its box ``[x, y, x + w, y + h]`` unclipped, Top-k Loc at IoU > 0.5
+    and GT-known Loc at IoU >= 0.5."""
+    cv2 = pytest.importorskip("cv2")
+
+    def box(cam: np.ndarray) -> list[int]:
+        q = (_resize_normalise(cam, size) * 255).astype(np.uint8)
+        _, kept = cv2.threshold(q, int(0.1 * np.max(q)), 255, cv2.THRESH_TOZERO)
+        contours = cv2.findContours(kept, cv2.RETR_TREE, cv2.CHAIN_APPROX_SIMPLE)[0]
+        if not contours:
+            return [0, 0, 1, 1]
+        x, y, w, h = cv2.boundingRect(max(contours, key=cv2.contourArea))
+        return [x, y, x + w, y + h]
+
+    counts = dict.fromkeys(("Top1Loc", "Top5Loc", "GTKnownLoc", "Top1Cls", "Top5Cls"), 0)
+    for cam, scores, label, gt in zip(cams, logits, labels, gts, strict=True):
+        top5 = np.argsort(-scores, kind="stable")[:5]
+        ious = [_inclusive_iou(box(cam[c]), gt) for c in top5]
+        counts["Top1Cls"] += top5[0] == label
+        counts["Top5Cls"] += label in top5
+        counts["Top1Loc"] += top5[0] == label and ious[0] > 0.5
+        counts["Top5Loc"] += any(c == label and iou > 0.5 for c, iou in zip(top5, ious, strict=True))
+        counts["GTKnownLoc"] += _inclusive_iou(box(cam[label]), gt) >= 0.5
+    return {name: count * 100 / len(cams) for name, count in counts.items()}
+
+
+def test_tscam_preset_equals_tscam_evaluate_cls_loc() -> None:
+    cams, logits, labels, gts = _cam_like(32, 8, 40, seed=0)
+    expected = _tscam_reference(cams, logits, labels, gts, 40)
+    metric = M.LocalizationAccuracy("tscam", size=(40, 40))
+    metric.update(torch.from_numpy(logits), torch.from_numpy(labels), gts, maps=torch.from_numpy(cams))
+    result = metric.compute()
+    assert {name: result[name] for name in expected} == pytest.approx(expected, abs=1e-9)
+
+
+def _scm_reference(cams: np.ndarray, logits: np.ndarray, labels: np.ndarray, gts: list, size: int) -> dict:
+    """SCM's ``tools_cam/test_cam.py`` (``count`` and ``evaluate``) in other words: the top-5 classes' maps,
+    wsolevaluation's largest-contour box (clipped to W - 1, H - 1; none: ``[0, 0, 0, 0]``) at every ``tau`` of
+    ``arange(0, 1, 0.01)``, hits at IoU >= delta; "GT-known" and "maxbox_acc" from the top-1 predicted map,
+    Top-k Loc when the class is also right, each metric at its own best ``tau``."""
+    cv2 = pytest.importorskip("cv2")
+    taus = np.arange(0, 1, 0.01)
+
+    def box(q: np.ndarray, tau: float) -> list[int]:
+        _, foreground = cv2.threshold(q, int(tau * np.max(q)), 255, cv2.THRESH_BINARY)
+        contours = cv2.findContours(foreground, cv2.RETR_TREE, cv2.CHAIN_APPROX_SIMPLE)[0]
+        if not contours:
+            return [0, 0, 0, 0]
+        x, y, w, h = cv2.boundingRect(max(contours, key=cv2.contourArea))
+        return [x, y, min(x + w, size - 1), min(y + h, size - 1)]
+
+    def ious(cam: np.ndarray, gt: np.ndarray) -> np.ndarray:
+        q = (_resize_normalise(cam, size) * 255).astype(np.uint8)
+        return np.array([_inclusive_iou(box(q, tau), gt) for tau in taus])
+
+    detected = {delta: np.zeros(len(taus)) for delta in (0.3, 0.5, 0.7)}  # top-1 map hits, any class
+    located = {k: np.zeros(len(taus)) for k in (1, 5)}
+    for cam, scores, label, gt in zip(cams, logits, labels, gts, strict=True):
+        top5 = list(np.argsort(-scores, kind="stable")[:5])
+        top1_iou = ious(cam[top5[0]], gt)
+        for delta in detected:
+            detected[delta] += top1_iou >= delta
+        if label in top5:  # Top-k Loc counts only the ground-truth class's map
+            hit = (top1_iou if top5[0] == label else ious(cam[label], gt)) >= 0.5
+            located[5] += hit
+            located[1] += hit if top5[0] == label else 0
+    n = len(cams)
+    maxbox = {delta: hits.max() * 100 / n for delta, hits in detected.items()}
+    return {
+        "GTKnownLoc": maxbox[0.5],
+        "Top1Loc": located[1].max() * 100 / n,
+        "Top5Loc": located[5].max() * 100 / n,
+        "MaxBoxAcc": maxbox[0.5],
+        "MaxBoxAccV2": float(np.mean(list(maxbox.values()))),
+    }
+
+
+def test_scm_preset_equals_scm_test_cam() -> None:
+    cams, logits, labels, gts = _cam_like(16, 8, 32, seed=1)
+    expected = _scm_reference(cams, logits, labels, gts, 32)
+    loc = M.LocalizationAccuracy("scm", size=(32, 32))
+    loc.update(torch.from_numpy(logits), torch.from_numpy(labels), gts, maps=torch.from_numpy(cams))
+    top1_maps = torch.from_numpy(cams[np.arange(len(cams)), logits.argmax(1)])
+    result = {**M.box_accuracy(top1_maps, gts, protocol="scm", size=(32, 32)), **loc.compute()}
+    assert {name: result[name] for name in expected} == pytest.approx(expected, abs=1e-9)
+
+
+@pytest.mark.parametrize("bad_label", [-1, 6, 200])
+def test_labels_outside_the_classes_are_an_error(bad_label: int) -> None:
+    logits, labels, gt, maps_topk, maps_gt = _loc_batch()
+    labels[1] = bad_label
+    with pytest.raises(ValueError, match=rf"image 1: label {bad_label} is outside \[0, 6\)"):
+        M.LocalizationAccuracy().update(logits, labels, gt, maps_topk, maps_gt)
+
+
+def test_float_labels_are_an_error() -> None:
+    logits, labels, gt, maps_topk, maps_gt = _loc_batch()
+    with pytest.raises(TypeError, match="integer class indices"):
+        M.LocalizationAccuracy().update(logits, labels.float(), gt, maps_topk, maps_gt)
+
+
+@pytest.mark.parametrize(
+    ("name", "value", "message"),
+    [
+        ("count", -3, "holds -3"),
+        ("hits_largest", -1, "holds -1"),
+        ("hits_all", 0.5, "holds 0.5"),
+        ("hits_largest", 99, "counts more images"),
+    ],
+)
+def test_loaded_state_must_hold_counts(name: str, value: float, message: str) -> None:
+    metric = M.BoxAccuracy()
+    maps, gt = _random_batch(4)
+    metric.update(maps, gt)
+    state = metric.state_dict()
+    state[name] = state[name].double()
+    state[name].view(-1)[0] = value
+    with pytest.raises(ValueError, match=message):
+        metric.load_state_dict(state)
+
+
+def test_pxap_state_rejects_negative_histograms() -> None:
+    metric = M.PixelAveragePrecision(step=0.01)
+    state = metric.state_dict()
+    state["object_hist"][3] = -2.0
+    with pytest.raises(ValueError, match="'object_hist' holds -2"):
+        metric.load_state_dict(state)
+
+
+def test_maps_of_all_classes_equal_top_k_and_ground_truth_maps() -> None:
+    cams, logits, labels, gts = _cam_like(6, 7, 24, seed=2)
+    labels[0] = np.argsort(logits[0])[0]  # the ground truth outside the top 5: GT-known needs its map
+    maps = torch.from_numpy(cams)
+    top = torch.from_numpy(logits).topk(5, dim=1).indices
+    given = M.LocalizationAccuracy(size=(24, 24))
+    given.update(
+        torch.from_numpy(logits),
+        torch.from_numpy(labels),
+        gts,
+        maps[torch.arange(6)[:, None], top],
+        maps[torch.arange(6), torch.from_numpy(labels)],
+    )
+    gathered = M.LocalizationAccuracy(size=(24, 24))
+    gathered.update(logits, labels, gts, maps=cams)  # numpy arrays, as a WSOL code base holds them
+    expected = given.state_dict()
+    assert all(torch.equal(expected[name], value) for name, value in gathered.state_dict().items())
+
+
+def test_box_accuracy_takes_numpy_arrays() -> None:
+    maps, gt = _random_batch(6)
+    expected = M.box_accuracy(maps, gt)
+    result = M.box_accuracy(maps.numpy(), [box.numpy() for box in gt])
+    assert (result["MaxBoxAcc"], result["MaxBoxAccV2"]) == (expected["MaxBoxAcc"], expected["MaxBoxAccV2"])
+
+
+def test_an_empty_batch_changes_nothing() -> None:
+    logits, labels, gt, maps_topk, maps_gt = _loc_batch()
+    metric = M.LocalizationAccuracy()
+    metric.update(logits, labels, gt, maps_topk, maps_gt)
+    before = metric.state_dict()
+    metric.update(logits[:0], labels[:0], [], maps_topk[:0], maps_gt[:0])
+    metric.update(logits[:0], labels[:0], [], maps=torch.zeros(0, 6, 16, 16))
+    boxes = M.BoxAccuracy()
+    boxes.update(torch.zeros(0, 16, 16), [])
+    assert all(torch.equal(before[k], v) for k, v in metric.state_dict().items())
+    assert int(boxes.count) == 0
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        (lambda a: {**a, "gt_boxes": a["gt_boxes"][:2]}, "2 ground-truth box sets for 3 images"),
+        (lambda a: {**a, "maps_gt": a["maps_gt"][:2]}, r"maps_gt must have shape \(B, H, W\) with B = 3"),
+        (lambda a: {**a, "maps_topk": a["maps_topk"][:2]}, r"maps_topk must have shape \(B, k, H, W\) with B = 3"),
+        (lambda a: {**a, "labels": a["labels"][:2]}, r"labels must have shape \(B,\) = \(3,\)"),
+        (lambda a: {**a, "maps": torch.zeros(3, 5, 16, 16)}, "not both"),
+        (lambda a: {**a, "maps_topk": None, "maps_gt": None}, "pass either maps="),
+        (lambda a: {**a, "maps_topk": None, "maps": torch.zeros(3, 5, 16, 16)}, r"\(3, 6, H, W\)"),
+    ],
+)
+def test_mismatched_batches_are_an_error(change: object, message: str) -> None:
+    logits, labels, gt, maps_topk, maps_gt = _loc_batch()
+    args = {"logits": logits, "labels": labels, "gt_boxes": gt, "maps_topk": maps_topk, "maps_gt": maps_gt}
+    with pytest.raises(ValueError, match=message):
+        M.LocalizationAccuracy().update(**change(args))
+
+
+@pytest.mark.parametrize(
+    "overrides",
+    [{"tau": 1.5}, {"tau": -0.1}, {"tau": float("nan")}, {"step": 0.0}, {"step": 1.0}],
+)
+def test_thresholds_outside_the_unit_interval_are_an_error(overrides: dict) -> None:
+    with pytest.raises(ValueError, match=r"must be in"):
+        M.BoxAccuracy(**overrides)
+
+
+@pytest.mark.parametrize("deltas", [(0.5, 1.5), (0.0, 0.5), ()])
+def test_iou_thresholds_outside_the_unit_interval_are_an_error(deltas: tuple) -> None:
+    with pytest.raises(ValueError, match=r"iou_thresholds must lie in \(0, 1\]"):
+        M.BoxAccuracy(M.Protocol("custom", iou_thresholds=deltas))

@@ -19,6 +19,8 @@ from typing import TYPE_CHECKING
 
 import torch
 
+from scm_calib.boxes import scale_boxes
+
 if TYPE_CHECKING:
     from torchvision.transforms import v2
 
@@ -109,9 +111,9 @@ def wsol_eval_transform(image_size: int = 224) -> v2.Compose:
 def protocol_boxes(boxes: torch.Tensor, image_size: tuple[int, int], resized_size: tuple[int, int]) -> torch.Tensor:
     """Ground-truth boxes in the evaluation protocol's convention at the network's input size.
 
-    Each coordinate is multiplied by the new size and divided by the original size (x by the widths, y by
-    the heights, in float64, in the order of wsolevaluation's ``resize_bbox``) and truncated to an int. The
-    v2 ``Resize`` gives the same values before truncation, up to float32 rounding.
+    :func:`scm_calib.boxes.scale_boxes`: each coordinate times the new size, divided by the original size
+    (x by the widths, y by the heights, in float64, in the order of wsolevaluation's ``resize_bbox``),
+    truncated to an int. The v2 ``Resize`` gives the same values before truncation, up to float32 rounding.
 
     Args:
         boxes: (K, 4) boxes (x0, y0, x1, y1) in pixels of the original image.
@@ -121,11 +123,4 @@ def protocol_boxes(boxes: torch.Tensor, image_size: tuple[int, int], resized_siz
     Returns:
         (K, 4) int64 boxes.
     """
-    if boxes.ndim != 2 or boxes.shape[-1] != 4:
-        raise ValueError(f"boxes must have shape (K, 4), got {tuple(boxes.shape)}.")
-    width, height = image_size
-    new_width, new_height = resized_size
-    boxes = boxes.to(torch.float64)
-    new_sizes = torch.tensor([new_width, new_height, new_width, new_height], dtype=torch.float64)
-    old_sizes = torch.tensor([width, height, width, height], dtype=torch.float64)
-    return torch.trunc(boxes * new_sizes / old_sizes).to(torch.int64)
+    return scale_boxes(boxes, image_size, resized_size)
