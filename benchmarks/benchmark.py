@@ -9,8 +9,10 @@ Rows (each timed side by side in one run, ratios to the bare timm model of the s
 training step (bare timm; an original-like adapter that keeps every attention matrix and runs the dense
 operator; the adapter with the torch operator; with the Triton operator on CUDA), SCM blocks alone
 (forward + backward), inference forward (bare, stripped, localization maps). Before the inference rows,
-each backend's SCM is checked against the dense formulas (values and gradients). The table is printed and,
-with ``--out``, appended to a Markdown file.
+each backend's SCM is checked against the dense formulas (values and gradients). The last column compares
+a row with its target (issue 12): training step <= 1.05x the bare model's time and <= 1.15x its peak memory,
+the 4 SCM blocks <= 1.4 ms forward + backward (a batch-128 GPU figure), localization maps at inference
+<= 1.05x time and <= 1.2x memory. The table is printed and, with ``--out``, appended to a Markdown file.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ import datetime
 import sys
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import timm
@@ -33,6 +36,34 @@ from reference_scm import ReferenceSCM  # noqa: E402  (the dense formulas, the o
 
 from scm_calib import SCM, SCMAdapter, localization_maps  # noqa: E402
 from scm_calib.ops import triton_available  # noqa: E402
+
+
+@dataclass(frozen=True)
+class Target:
+    """Upper bounds of a row: time and peak memory as ratios to the bare model, or time in milliseconds."""
+
+    time_ratio: float | None = None
+    memory_ratio: float | None = None
+    ms: float | None = None
+
+    def verdict(self, ms: float, peak: float | None, bare: tuple[float, float | None]) -> str:
+        """``"<= 1.05x time, <= 1.15x memory: met"``, ``"...: missed (time)"``; memory only where measured."""
+        checks = []
+        if self.time_ratio is not None:
+            checks.append((f"<= {self.time_ratio}x time", "time", ms / bare[0] <= self.time_ratio))
+        if self.ms is not None:
+            checks.append((f"<= {self.ms} ms", "time", ms <= self.ms))
+        if self.memory_ratio is not None:
+            measured = peak is not None and bool(bare[1])
+            label = f"<= {self.memory_ratio}x memory" + ("" if measured else " (not measured)")
+            checks.append((label, "memory", not measured or peak / bare[1] <= self.memory_ratio))
+        missed = [what for _, what, ok in checks if not ok]
+        return ", ".join(label for label, _, _ in checks) + (f": missed ({', '.join(missed)})" if missed else ": met")
+
+
+TRAIN_TARGET = Target(time_ratio=1.05, memory_ratio=1.15)
+BLOCKS_TARGET = Target(ms=1.4)
+MAPS_TARGET = Target(time_ratio=1.05, memory_ratio=1.2)
 
 
 def measure(fn: Callable[[], object], device: torch.device, steps: int, warmup: int) -> tuple[float, float | None]:
@@ -135,20 +166,26 @@ def run(args: argparse.Namespace) -> list[str]:
         f"### {datetime.date.today()} - {name}, {args.model}, batch {args.batch}, {size} px, {args.classes} classes, "
         f"median of {args.steps} steps after {args.warmup} warm-up, torch {torch.__version__}, timm {timm.__version__}",
         "",
-        "| run | precision | ms | peak GiB | time / bare | memory / bare |",
-        "|---|---|---|---|---|---|",
+        "| run | precision | ms | peak GiB | time / bare | memory / bare | target |",
+        "|---|---|---|---|---|---|---|",
     ]
 
     def model() -> torch.nn.Module:
         return timm.create_model(args.model, num_classes=args.classes, img_size=size, **args.model_kwargs).to(device)
 
-    def row(label: str, precision: str, result: tuple[float, float | None], bare: tuple[float, float | None]) -> None:
+    def row(
+        label: str,
+        precision: str,
+        result: tuple[float, float | None],
+        bare: tuple[float, float | None],
+        target: Target | None = None,
+    ) -> None:
         ms, peak = result
         ratio_t = f"{ms / bare[0]:.2f}x"
         ratio_m = f"{peak / bare[1]:.2f}x" if peak is not None and bare[1] else "-"
         lines.append(
-            f"| {label} | {precision} | {ms:.1f} | {f'{peak:.2f}' if peak is not None else '-'} | "
-            f"{ratio_t} | {ratio_m} |"
+            f"| {label} | {precision} | {ms:.2f} | {f'{peak:.2f}' if peak is not None else '-'} | "
+            f"{ratio_t} | {ratio_m} | {target.verdict(ms, peak, bare) if target else '-'} |"
         )
         print(lines[-1], flush=True)
 
@@ -158,30 +195,31 @@ def run(args: argparse.Namespace) -> list[str]:
         autocast = torch.autocast(device.type, dtype=dtype) if dtype else contextlib.nullcontext()
         bare = measure(train_step(model(), x, y, autocast), device, args.steps, args.warmup)
         row("train step: bare timm", precision, bare, bare)
-        variants = [("original-like: attention maps + dense operator", "probs", ReferenceSCM())]
-        variants += [(f"{backend} operator", "auto", SCM(backend=backend)) for backend in backends]
-        for label, capture, scm in variants:
+        variants = [("original-like: attention maps + dense operator", "probs", ReferenceSCM(), None)]
+        variants += [(f"{b} operator", "auto", SCM(backend=b), TRAIN_TARGET) for b in backends]
+        for label, capture, scm, target in variants:
             adapter = SCMAdapter(model(), scm=scm.to(device), capture=capture)
             row(
                 f"train step: adapter, {label}",
                 precision,
                 measure(train_step(adapter, x, y, autocast), device, args.steps, args.warmup),
                 bare,
+                target,
             )
         grid = size // 16
         maps = torch.randn(args.batch, args.classes, grid, grid, device=device, requires_grad=True)
         attn = torch.rand(args.batch, grid, grid, device=device, requires_grad=True)
         for label, scm in [("dense", ReferenceSCM())] + [(b, SCM(backend=b)) for b in backends]:
             scm = scm.to(device)
+            target = BLOCKS_TARGET if label != "dense" else None
 
             def blocks(scm: torch.nn.Module = scm, maps=maps, attn=attn, autocast=autocast) -> None:
                 with autocast:
                     out, a = scm(maps, attn)
                 (out.sum() + a.sum()).backward()
 
-            row(
-                f"SCM blocks alone, fwd+bwd: {label}", precision, measure(blocks, device, args.steps, args.warmup), bare
-            )
+            result = measure(blocks, device, args.steps, args.warmup)
+            row(f"SCM blocks alone, fwd+bwd: {label}", precision, result, bare, target)
     checks = check_operators(backends, device, min(args.batch, 16), args.classes, size // 16)
     lines += ["", *checks, ""]
     print("\n".join(checks), flush=True)
@@ -196,6 +234,7 @@ def run(args: argparse.Namespace) -> list[str]:
             "fp32",
             measure(lambda: localization_maps(stripped, x), device, args.steps, args.warmup),
             bare,
+            MAPS_TARGET,
         )
     return lines
 

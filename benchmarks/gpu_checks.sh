@@ -1,33 +1,53 @@
 #!/usr/bin/env bash
-# Every GPU check and benchmark in one run, for a machine with one CUDA GPU (the steps' time limits add
-# up to 9 minutes): the CUDA tests, then the benchmark tables. Everything printed is also saved under
-# ${OUT:-gpu-checks}/; copy the figures into docs/benchmarks.md.
+# Every GPU check and benchmark in one run, for a machine with one CUDA GPU. The steps' time limits add up
+# to 8 minutes (480 s): the CUDA tests, the self-check of backend="auto" (its decision and timings), a
+# training step under torch.cuda.set_sync_debug_mode("error"), the benchmark table (DeiT-S, batch 128,
+# bf16 and fp32: bare timm, original-like, torch and Triton operator; SCM blocks alone; inference bare,
+# stripped and maps), the SCM module alone, and the box sweep at 224 px. Each step's output is saved as
+# ${OUT:-gpu-checks}/<step>.txt, the benchmark table also as benchmark_table.md, the exit codes in
+# summary.txt; the script exits 1 if any step failed. Copy the figures into docs/benchmarks.md.
 #   bash benchmarks/gpu_checks.sh            # QUICK=1 for a short smoke run (also on a CPU)
 set -uo pipefail
 cd "$(dirname "$0")/.."
+export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"  # this checkout's scm_calib, installed or not
 out="${OUT:-gpu-checks}"
 mkdir -p "$out"
 quick="${QUICK:-0}"
 device=$(python -c "import torch; print('cuda' if torch.cuda.is_available() else 'cpu')")
 python -c "import torch; print(torch.__version__, torch.cuda.get_device_name(0) if torch.cuda.is_available() else 'no GPU')" \
     | tee "$out/device.txt"
+: >"$out/summary.txt"
+failed=0
 
 run() {  # run NAME SECONDS COMMAND...: a step with its own time limit, output saved, failures reported
-    local name=$1 limit=$2
+    local name=$1 limit=$2 status
     shift 2
-    echo "== $name: $*"
+    echo "== $name (limit ${limit} s): $*"
     timeout "$limit" "$@" 2>&1 | tee "$out/$name.txt"
-    echo "== $name: exit ${PIPESTATUS[0]}"
+    status=${PIPESTATUS[0]}
+    echo "== $name: exit $status"
+    echo "$name: exit $status (limit ${limit} s)" >>"$out/summary.txt"
+    [ "$status" = 0 ] || failed=1
 }
 
+pytest=(python -m pytest -q -rs -p no:cacheprovider)
 if [ "$quick" = 1 ]; then
-    run tests 120 python -m pytest -q tests/test_boxes.py -k "cuda or opencv"
-    run benchmark 120 python benchmarks/benchmark.py --device "$device" --batch 2 --depth 1 --steps 1 --warmup 1
+    run tests 90 "${pytest[@]}" tests/test_boxes.py::test_cuda_matches_cpu tests/test_ops.py -k "triton or auto"
+    run auto_self_check 45 python benchmarks/check_auto.py --device "$device" --grid 2 3 --batch 2 --classes 3 \
+        --iters 1 --repeats 1
+    run sync_step 45 "${pytest[@]}" -rA tests/test_sync.py
+    run benchmark 150 python benchmarks/benchmark.py --device "$device" --batch 2 --depth 1 --steps 1 --warmup 1 \
+        --out "$out/benchmark_table.md"
     run bench_scm_ops 60 python benchmarks/bench_scm_ops.py --device "$device" --batch 2 --repeats 1
     run bench_boxes 60 python benchmarks/bench_boxes.py --device "$device" --num-maps 64 --repeats 1
 else
-    run tests 150 python -m pytest -q tests/test_boxes.py tests/test_ops.py tests/test_adapter.py
-    run benchmark 240 python benchmarks/benchmark.py --out "$out/benchmark_table.md"
-    run bench_scm_ops 60 python benchmarks/bench_scm_ops.py --device cuda --batch 16 64 --grid 14 14 --grid 28 28
-    run bench_boxes 90 python benchmarks/bench_boxes.py --device cuda
+    run tests 90 "${pytest[@]}" tests/test_boxes.py::test_cuda_matches_cpu tests/test_ops.py
+    run auto_self_check 45 python benchmarks/check_auto.py
+    run sync_step 45 "${pytest[@]}" -rA tests/test_sync.py
+    run benchmark 210 python benchmarks/benchmark.py --out "$out/benchmark_table.md"
+    run bench_scm_ops 45 python benchmarks/bench_scm_ops.py --device cuda --batch 16 128 --grid 14 14 --grid 28 28 \
+        --repeats 3
+    run bench_boxes 45 python benchmarks/bench_boxes.py --device cuda --size 224
 fi
+cat "$out/summary.txt"
+exit "$failed"

@@ -2,6 +2,8 @@
 
 import importlib
 import os
+import time
+import warnings
 from collections.abc import Callable, Iterator
 from types import ModuleType
 
@@ -10,9 +12,9 @@ import torch
 from reference_scm import reference_diffuse
 
 import scm_calib.ops as ops
-from scm_calib.ops import diffuse, torch_stencil
+from scm_calib.ops import RTOL, Selection, diffuse, selection, torch_stencil
 from scm_calib.ops.grid import grid_degree, grid_laplacian
-from scm_calib.ops.torch_stencil import stencil_coefficients, stencil_matvec
+from scm_calib.ops.torch_stencil import diffuse_torch, stencil_coefficients, stencil_matvec
 
 CPU = torch.device("cpu")
 
@@ -101,7 +103,7 @@ def test_torch_path_matches_reference_float32(h: int, w: int, num_iters: int) ->
     maps, attn, probe = _inputs(3, 5, h, w, torch.float32)
     expected = _values_and_grads(reference_diffuse, maps, attn, 1.3, probe, num_iters)
     actual = _values_and_grads(lambda *args: diffuse(*args, backend="torch"), maps, attn, 1.3, probe, num_iters)
-    _assert_close(actual, expected, rtol=1e-4)
+    _assert_close(actual, expected, rtol=RTOL)
 
 
 @pytest.mark.parametrize("chain_max_terms", [1, 2**16])
@@ -163,7 +165,110 @@ def test_dispatch_errors(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(ops, "triton_available", lambda: False)
     with pytest.raises(RuntimeError, match="needs the triton package"):
         diffuse(maps, attn, 1.0, 2, backend="triton")
-    assert ops.resolve_backend("auto", CPU) == "torch"
+    assert ops.resolve_backend("auto", CPU, torch.float32, (3, 3)) == "torch"
+
+
+@pytest.fixture
+def selections() -> Iterator[None]:
+    """An empty cache of ``auto`` decisions, emptied again afterwards."""
+    ops.clear_selections()
+    yield
+    ops.clear_selections()
+
+
+def _slow(*args: object) -> torch.Tensor:
+    time.sleep(0.02)
+    return diffuse_torch(*args)
+
+
+def _wrong_values(*args: object) -> torch.Tensor:
+    return diffuse_torch(*args) * (1 + 10 * RTOL)
+
+
+def _wrong_attention_gradient(maps: torch.Tensor, attn: torch.Tensor, *args: object) -> torch.Tensor:
+    return diffuse_torch(maps, attn, *args) + 1e-2 * (attn - attn.detach())
+
+
+def _not_finite(*args: object) -> torch.Tensor:
+    return diffuse_torch(*args) * float("nan")
+
+
+def _failing(*args: object) -> torch.Tensor:
+    raise RuntimeError("no kernel image for this device\nsecond line")
+
+
+@pytest.mark.parametrize(
+    ("fake", "reason"),
+    [
+        (_slow, "'fake' is not faster"),
+        (_wrong_values, "'fake' differs from 'torch' by 5.0e-04 (tolerance 1e-04)"),
+        (_wrong_attention_gradient, "'fake' differs from 'torch' by"),
+        (_not_finite, "'fake' differs from 'torch' by inf"),
+        (_failing, "'fake' failed (RuntimeError: no kernel image for this device)"),
+    ],
+)
+def test_auto_keeps_torch_when_the_other_backend_is_wrong_or_slow(
+    selections: None, fake: Callable[..., torch.Tensor], reason: str
+) -> None:
+    with pytest.warns(RuntimeWarning, match="backend='auto' runs 'torch' on cpu, float32, 3x4 grid") as caught:
+        chosen = ops.select_backend(CPU, torch.float32, (3, 4), candidates={"torch": diffuse_torch, "fake": fake})
+    assert chosen.backend == "torch"
+    assert reason in chosen.reason and str(caught[0].message) == chosen.reason
+    assert chosen.errors["torch"] == 0.0 and "torch" in chosen.times_ms
+
+
+def test_auto_takes_an_agreeing_faster_backend_and_caches_the_decision(selections: None) -> None:
+    calls = []
+
+    def fast(*args: object) -> torch.Tensor:
+        calls.append(1)
+        return diffuse_torch(*args)
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        chosen = ops.select_backend(CPU, torch.float32, (3, 4), candidates={"torch": _slow, "fast": fast})
+        assert chosen.backend == "fast" and chosen.reason == "" and chosen.errors["fast"] <= RTOL
+        assert set(chosen.times_ms) == {"torch", "fast"} and not chosen.failures
+        count = len(calls)
+        again = ops.select_backend(CPU, torch.float32, (3, 4), candidates={"torch": _slow, "fast": fast})
+    assert again is chosen and len(calls) == count
+    other_grid = ops.select_backend(CPU, torch.float32, (4, 3), candidates={"torch": diffuse_torch})
+    assert other_grid is not chosen and other_grid.backend == "torch" and other_grid.reason == ""
+
+
+def test_auto_self_check_leaves_caller_state_alone(selections: None) -> None:
+    torch.manual_seed(3)
+    expected = torch.rand(3)
+    torch.manual_seed(3)
+    with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16):
+        chosen = ops.select_backend(CPU, torch.float32, (2, 3), candidates={"torch": diffuse_torch})
+    assert chosen.backend == "torch"
+    torch.testing.assert_close(torch.rand(3), expected)
+
+
+@pytest.mark.parametrize(
+    ("device", "dtype", "triton", "expected"),
+    [
+        ("cuda:0", torch.float32, True, "checked"),
+        ("cuda:0", torch.float64, True, "torch"),
+        ("cuda:0", torch.bfloat16, True, "torch"),
+        ("cuda:0", torch.float32, False, "torch"),
+        ("cpu", torch.float32, True, "torch"),
+    ],
+)
+def test_auto_runs_the_self_check_only_for_float32_on_cuda(
+    monkeypatch: pytest.MonkeyPatch, device: str, dtype: torch.dtype, triton: bool, expected: str
+) -> None:
+    asked = []
+
+    def select(device: torch.device, dtype: torch.dtype, grid: tuple[int, int]) -> Selection:
+        asked.append((device, dtype, grid))
+        return Selection("checked", {}, {}, {}, "")
+
+    monkeypatch.setattr(ops, "triton_available", lambda: triton)
+    monkeypatch.setattr(ops, "select_backend", select)
+    assert ops.resolve_backend("auto", torch.device(device), dtype, (14, 14)) == expected
+    assert asked == ([(torch.device(device), dtype, (14, 14))] if expected == "checked" else [])
 
 
 @pytest.fixture
@@ -184,14 +289,25 @@ def test_triton_path_matches_reference(interpreted_triton: ModuleType, h: int, w
     maps, attn, probe = _inputs(2, 3, h, w, torch.float32)
     expected = _values_and_grads(reference_diffuse, maps, attn, 1.3, probe, num_iters)
     actual = _values_and_grads(lambda *a: diffuse(*a, backend="triton"), maps, attn, 1.3, probe, num_iters)
-    _assert_close(actual, expected, rtol=1e-4)
+    _assert_close(actual, expected, rtol=RTOL)
+
+
+def test_auto_self_check_runs_the_triton_kernels(
+    interpreted_triton: ModuleType, monkeypatch: pytest.MonkeyPatch, selections: None
+) -> None:
+    for name, value in (("CHECK_BATCH", 2), ("CHECK_CLASSES", 3), ("CHECK_ITERS", 1), ("CHECK_REPEATS", 1)):
+        monkeypatch.setattr(selection, name, value)
+    candidates = {"torch": diffuse_torch, "triton": interpreted_triton.diffuse_triton}
+    with pytest.warns(RuntimeWarning, match="'triton' is not faster"):
+        chosen = ops.select_backend(CPU, torch.float32, (2, 3), candidates=candidates)
+    assert chosen.backend == "torch" and chosen.errors["triton"] <= RTOL
 
 
 def test_triton_path_large_k_and_errors(interpreted_triton: ModuleType, monkeypatch: pytest.MonkeyPatch) -> None:
     maps, attn, probe = _inputs(2, 3, 3, 4, torch.float32)
     expected = _values_and_grads(reference_diffuse, maps, attn, 1.0, probe, 16)
     actual = _values_and_grads(lambda *a: diffuse(*a, backend="triton"), maps, attn, 1.0, probe, 16)
-    _assert_close(actual, expected, rtol=1e-4)
+    _assert_close(actual, expected, rtol=RTOL)
     with pytest.raises(TypeError, match="float32"):
         diffuse(maps.double(), attn.double(), 1.0, 2, backend="triton")
     monkeypatch.setattr(interpreted_triton, "_INTERPRETED", False)

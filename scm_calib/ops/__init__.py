@@ -2,13 +2,16 @@
 
 ``diffuse`` returns ``u = P_K^T a`` of one SCM block, the Newton-Schulz approximation of the inverse of
 ``M = L * (lambda * Sim - 1)`` applied to the attention, with the gradient of the official code
-(``P_0`` detached). Both backends compute the same values and gradients as the dense formulation.
+(``P_0`` detached). Both backends compute the same values and gradients as the dense formulation;
+``backend="auto"`` checks that once per (device, dtype, grid) on CUDA before it trusts Triton (see
+``select_backend``).
 """
 
 import functools
 
 import torch
 
+from scm_calib.ops.selection import RTOL, Selection, clear_selections, select_backend
 from scm_calib.ops.torch_stencil import diffuse_torch
 
 BACKENDS = ("auto", "torch", "triton")
@@ -24,20 +27,25 @@ def triton_available() -> bool:
     return True
 
 
-def resolve_backend(backend: str, device: torch.device) -> str:
-    """The backend that ``diffuse`` runs for a requested name on a device.
+def resolve_backend(backend: str, device: torch.device, dtype: torch.dtype, grid: tuple[int, int]) -> str:
+    """The backend that ``diffuse`` runs for a requested name and inputs.
 
     Args:
         backend: ``"auto"``, ``"torch"`` or ``"triton"``.
         device: Device of the inputs.
+        dtype: Dtype of the inputs.
+        grid: Patch grid ``(h, w)``.
 
     Returns:
-        ``"torch"`` or ``"triton"``; ``"auto"`` picks Triton on CUDA when it is importable, else torch.
+        ``"torch"`` or ``"triton"``. ``"auto"`` gives torch except for float32 on CUDA with Triton
+        importable, where ``select_backend`` decides (Triton if it agrees with torch and is faster).
     """
     if backend not in BACKENDS:
         raise ValueError(f"unknown backend {backend!r}; use one of {BACKENDS}")
     if backend == "auto":
-        return "triton" if device.type == "cuda" and triton_available() else "torch"
+        if device.type == "cuda" and dtype == torch.float32 and triton_available():
+            return select_backend(device, dtype, grid).backend
+        return "torch"
     if backend == "triton" and not triton_available():
         raise RuntimeError("backend='triton' needs the triton package, which is not importable; use 'torch'")
     return backend
@@ -65,7 +73,8 @@ def diffuse(
         num_iters: Newton-Schulz iterations ``K`` (at least 1).
         alpha: Newton-Schulz step.
         eps: Lower bound of the norm in the cosine similarity.
-        backend: ``"auto"``, ``"torch"`` or ``"triton"`` (see ``resolve_backend``).
+        backend: ``"auto"``, ``"torch"`` or ``"triton"`` (see ``resolve_backend``); ``"auto"`` on CUDA
+            synchronises the device once per (device, dtype, grid), for its self-check.
 
     Returns:
         ``u``, shape (B, h, w), in the dtype of ``maps``.
@@ -76,11 +85,20 @@ def diffuse(
         raise ValueError(
             f"expected maps (B, C, h, w) and attn (B, h, w), got {tuple(maps.shape)} and {tuple(attn.shape)}"
         )
-    if resolve_backend(backend, maps.device) == "triton":
+    if resolve_backend(backend, maps.device, maps.dtype, (maps.shape[2], maps.shape[3])) == "triton":
         from scm_calib.ops.triton_kernels import diffuse_triton
 
         return diffuse_triton(maps, attn, lam, num_iters, alpha, eps)
     return diffuse_torch(maps, attn, lam, num_iters, alpha, eps)
 
 
-__all__ = ["BACKENDS", "diffuse", "resolve_backend", "triton_available"]
+__all__ = [
+    "BACKENDS",
+    "RTOL",
+    "Selection",
+    "clear_selections",
+    "diffuse",
+    "resolve_backend",
+    "select_backend",
+    "triton_available",
+]
