@@ -7,6 +7,7 @@ learnable scalars, ``lambda_`` and ``beta``; the diffusion operator lives in ``s
 """
 
 import math
+import numbers
 from collections.abc import Sequence
 
 import torch
@@ -106,7 +107,7 @@ class SCMBlock(nn.Module):
         backend: str = "auto",
     ) -> None:
         super().__init__()
-        if isinstance(num_iters, bool) or not isinstance(num_iters, int) or num_iters < 1:
+        if isinstance(num_iters, bool) or not isinstance(num_iters, numbers.Integral) or num_iters < 1:
             raise ValueError(f"num_iters must be an int of at least 1, got {num_iters!r}")
         for name, value in (("alpha", alpha), ("beta_init", beta_init), ("eps", eps), ("beta_min", beta_min)):
             if not (math.isfinite(value) and value > 0):
@@ -181,6 +182,10 @@ class SCM(nn.Module):
         beta_min: Lower bound of ``beta`` in the gate.
         backend: Diffusion backend, ``"auto"`` (Triton on CUDA when available, else torch), ``"torch"``
             or ``"triton"``.
+
+    Raises:
+        ValueError: an impossible value (``alpha``, ``beta_init``, ``eps`` or ``beta_min`` not positive and
+            finite, ``lambda_init`` not finite, fewer than one block or iteration); the message names it.
     """
 
     def __init__(
@@ -195,7 +200,7 @@ class SCM(nn.Module):
         backend: str = "auto",
     ) -> None:
         super().__init__()
-        if isinstance(num_blocks, bool) or not isinstance(num_blocks, int) or num_blocks < 1:
+        if isinstance(num_blocks, bool) or not isinstance(num_blocks, numbers.Integral) or num_blocks < 1:
             raise ValueError(f"num_blocks must be an int of at least 1, got {num_blocks!r}")
         if not isinstance(num_iters, Sequence) or len(num_iters) != num_blocks:
             raise ValueError(
@@ -216,6 +221,10 @@ class SCM(nn.Module):
         Returns:
             Calibrated maps (B, C, h, w) and updated attention (B, h, w), float32 (float64 for float64
             inputs).
+
+        Raises:
+            FloatingPointError: (CPU tensors) a block's Newton-Schulz iteration diverged; names the block and
+                its ``lambda``.
         """
         _check_inputs(maps, attn)
         dtype = torch.promote_types(maps.dtype, torch.float32)
