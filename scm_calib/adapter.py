@@ -13,7 +13,8 @@ no SCM parameter, no hook and fused attention back.
 from __future__ import annotations
 
 import copy
-from dataclasses import dataclass
+import math
+from typing import NamedTuple
 
 import torch
 from torch import nn
@@ -32,11 +33,14 @@ from .heads import ConvHead, LinearHead
 __all__ = ["SCMAdapter", "SCMOutput", "StrippedViT"]
 
 _DEFAULT = "default"
+# Set on a model that an SCMAdapter has taken over (its classifier, hooks and attention settings).
+_OWNED = "_scm_adapter_owned"
 
 
-@dataclass
-class SCMOutput:
+class SCMOutput(NamedTuple):
     """What one forward pass of :class:`SCMAdapter` returns.
+
+    A named tuple, so ``nn.DataParallel`` gathers it field by field (the ``None`` fields stay ``None``).
 
     Attributes:
         logits: (B, C) class logits; from the calibrated maps in training with SCM, else from ``semantic``.
@@ -96,9 +100,15 @@ class SCMAdapter(nn.Module):
         capture: ``"auto"``, ``"rows"`` or ``"probs"`` (see :mod:`scm_calib.capture`).
         eps: the epsilon of the attention min-max normalisation.
 
+    The adapter takes ``model`` over instead of copying it (a copy of a large model would double its memory):
+    it becomes ``adapter.encoder``, with its classifier reset (``head="conv"``), hooks registered and fused
+    attention switched off where probabilities are read. Use the adapter, not ``model``, from then on; wrapping
+    the same model a second time raises. A wrap that raises leaves ``model`` unchanged. :meth:`strip` returns
+    an unwrapped copy.
+
     Raises:
         UnsupportedModelError: the model has no class token, windowed or channel attention, or is no ViT.
-        ValueError: a bad argument (the message says which and what to pass).
+        ValueError: a bad argument (the message says which and what to pass), or ``model`` already wrapped.
     """
 
     def __init__(
@@ -111,6 +121,12 @@ class SCMAdapter(nn.Module):
         eps: float = 1e-8,
     ):
         super().__init__()
+        if getattr(model, _OWNED, False):
+            raise ValueError(
+                f"{type(model).__name__} is already wrapped by an SCMAdapter, which owns its classifier and hooks. "
+                "Use that adapter, or wrap a fresh model from timm.create_model (adapter.strip() gives an unwrapped "
+                "copy)."
+            )
         attentions = check_supported(model)
         num_classes = getattr(model, "num_classes", 0)
         if not num_classes:
@@ -118,18 +134,23 @@ class SCMAdapter(nn.Module):
                 f"{type(model).__name__} has num_classes={num_classes}; SCM needs a class-score map per class. "
                 "Create the model with num_classes=<your number of classes>."
             )
+        if head == "linear":
+            _check_linear_head(model)
+        elif head != "conv":
+            raise ValueError(f"head must be 'conv' or 'linear', got {head!r}.")
+        if isinstance(scm, str) and scm == _DEFAULT:
+            scm = SCM()
+        elif scm is not None and not isinstance(scm, nn.Module):
+            raise ValueError(f"scm must be an nn.Module instance, None or 'default', got {scm!r}.")
+        if not (math.isfinite(eps) and eps > 0):
+            raise ValueError(f"eps must be a positive finite number, got {eps!r}.")
+        self.capture = AttentionCapture(attentions, blocks, capture)
         if head == "conv":
             model.reset_classifier(0)
             self.head: nn.Module = ConvHead(model.embed_dim, num_classes)
-        elif head == "linear":
-            _check_linear_head(model)
-            self.head = LinearHead(model.head)
         else:
-            raise ValueError(f"head must be 'conv' or 'linear', got {head!r}.")
-        if isinstance(scm, str):
-            if scm != _DEFAULT:
-                raise ValueError(f"scm must be an nn.Module, None or 'default', got {scm!r}.")
-            scm = SCM()
+            self.head = LinearHead(model.head)
+        setattr(model, _OWNED, True)
         self.encoder = model
         self.scm = scm
         self.head_type = head
@@ -137,7 +158,6 @@ class SCMAdapter(nn.Module):
         self.embed_dim = model.embed_dim
         self.num_prefix_tokens = model.num_prefix_tokens
         self.eps = eps
-        self.capture = AttentionCapture(attentions, blocks, capture)
 
     def set_grad_checkpointing(self, enable: bool = True) -> None:
         """Gradient checkpointing of the encoder blocks (timm's non-reentrant checkpoint keeps attention grads)."""
@@ -198,6 +218,7 @@ class SCMAdapter(nn.Module):
         """
         encoder, head, capture = copy.deepcopy((self.encoder, self.head, self.capture))
         capture.remove()
+        delattr(encoder, _OWNED)
         if self.head_type == "linear":
             encoder.global_pool = "avg"
             return encoder

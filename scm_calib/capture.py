@@ -102,12 +102,26 @@ def check_supported(model: nn.Module) -> list[nn.Module]:
 
 
 def grid_size(model: nn.Module, image_size: tuple[int, int]) -> tuple[int, int]:
-    """The patch grid (h, w) that ``model`` produces for an input of ``image_size`` (H, W)."""
+    """The patch grid (h, w) that ``model`` produces for an input of ``image_size`` (H, W).
+
+    Raises:
+        ValueError: ``image_size`` is not a multiple of the patch size and the model does not pad
+            (``dynamic_img_pad``): the encoder would drop the last pixels and the maps would be stretched over
+            them.
+    """
     patch_embed = model.patch_embed
+    ph, pw = patch_embed.patch_size
+    height, width = image_size
+    if (height % ph or width % pw) and not getattr(patch_embed, "dynamic_img_pad", False):
+        raise ValueError(
+            f"image size {height} x {width} is not a multiple of the patch size {ph} x {pw}: {_name(model)} would "
+            f"ignore the last {height % ph} rows and {width % pw} columns of pixels and the maps would be stretched "
+            f"over them. Resize or crop the images to a multiple of the patch size, or create the model with "
+            "dynamic_img_pad=True."
+        )
     if hasattr(patch_embed, "dynamic_feat_size"):
         return tuple(patch_embed.dynamic_feat_size(image_size))
-    ph, pw = patch_embed.patch_size
-    return image_size[0] // ph, image_size[1] // pw
+    return height // ph, width // pw
 
 
 def patch_tokens(model: nn.Module, tokens: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
@@ -157,6 +171,12 @@ class AttentionCapture:
         if not indices or any(not -depth <= i < depth for i in indices):
             raise ValueError(f"blocks must be indices into the model's {depth} blocks, got {blocks!r}.")
         self.block_indices = sorted({i % depth for i in indices})
+        for i in self.block_indices:
+            if mode == "rows" and type(attentions[i]) is not Attention:
+                raise ValueError(
+                    f"block {i} uses {type(attentions[i]).__name__}, which the 'rows' capture does not support; "
+                    "use mode='auto' or 'probs'."
+                )
         self.modes: list[str] = []
         self._handles: list[tuple[nn.Module, int, str]] = []
         self._fused: list[tuple[nn.Module, bool]] = []
@@ -166,11 +186,6 @@ class AttentionCapture:
         for i in self.block_indices:
             attn = attentions[i]
             use_rows = mode != "probs" and type(attn) is Attention
-            if mode == "rows" and not use_rows:
-                raise ValueError(
-                    f"block {i} uses {type(attn).__name__}, which the 'rows' capture does not support; "
-                    "use mode='auto' or 'probs'."
-                )
             self.modes.append("rows" if use_rows else "probs")
             if use_rows:
                 self._hook(attn.q_norm, attn.q_norm.register_forward_hook(self._on_query), "fwd")
@@ -240,5 +255,20 @@ def class_attention(rows: Sequence[torch.Tensor], num_prefix_tokens: int, grid: 
 
 
 def normalize_attention(raw: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
-    """(B, h, w) raw class attention -> min-max normalised per image; non-finite values become zeros."""
-    return minmax(torch.nan_to_num(raw, nan=0.0, posinf=0.0, neginf=0.0), eps)
+    """(B, h, w) raw class attention -> min-max normalised per image.
+
+    Non-finite attention (NaN or infinite input images or weights) raises on the CPU, where the check costs no
+    host synchronisation; elsewhere it stays non-finite, like the logits, and is never replaced by zeros.
+
+    Raises:
+        ValueError: ``raw`` is on the CPU and not finite; the message names the images.
+    """
+    if raw.device.type == "cpu":
+        finite = torch.isfinite(raw.flatten(1)).all(dim=1)
+        if not finite.all():
+            images = (~finite).nonzero().flatten().tolist()
+            raise ValueError(
+                f"the class-token attention of image(s) {images[:10]} is NaN or infinite: check those input images "
+                "and the encoder's weights for NaN or infinite values."
+            )
+    return minmax(raw, eps)

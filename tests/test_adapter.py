@@ -11,7 +11,8 @@ import torch.nn.functional as F
 from conftest import FAMILIES, tiny_input, tiny_model
 from timm.layers import set_reentrant_ckpt
 
-from scm_calib.adapter import SCMAdapter, StrippedViT
+from scm_calib.adapter import SCMAdapter, SCMOutput, StrippedViT
+from scm_calib.calibration import SCM
 from scm_calib.capture import UnsupportedModelError
 
 
@@ -244,3 +245,85 @@ def test_stripped_conv_model_is_plain():
     assert all(block.attn.fused_attn == timm.layers.use_fused_attn() for block in stripped.encoder.blocks)
     assert all(block.attn.fused_attn is False for block in adapter.encoder.blocks)
     assert adapter.no_weight_decay() >= {"scm.blocks.0.lambda_", "scm.blocks.0.beta"}
+
+
+@pytest.mark.parametrize("head", ["conv", "linear"])
+def test_second_wrap_says_already_wrapped(head):
+    model = tiny_model("vit")
+    SCMAdapter(model, head=head)
+    with pytest.raises(ValueError, match="already wrapped by an SCMAdapter"):
+        SCMAdapter(model, head=head)
+
+
+@pytest.mark.parametrize(
+    "family, kwargs",
+    [
+        ("vit", dict(scm="bad")),
+        ("vit", dict(scm=SCM)),
+        ("vit", dict(blocks=[5])),
+        ("vit", dict(eps=0.0)),
+        ("vit", dict(head="mlp")),
+        ("beit", dict(capture="rows")),
+    ],
+)
+def test_failed_wrap_leaves_the_model_unchanged(family, kwargs):
+    model = tiny_model(family)
+    fused = [block.attn.fused_attn for block in model.blocks]
+    with pytest.raises(ValueError):
+        SCMAdapter(model, **kwargs)
+    assert model.num_classes == 5 and isinstance(model.head, torch.nn.Linear)
+    assert _hooks_left(model) == 0 and [block.attn.fused_attn for block in model.blocks] == fused
+    SCMAdapter(model)
+
+
+def test_stripped_linear_model_can_be_wrapped_again():
+    stripped = SCMAdapter(tiny_model("vit"), head="linear").strip()
+    again = SCMAdapter(stripped, head="linear")
+    assert again(tiny_input("vit")).logits.shape == (2, 5)
+
+
+@pytest.mark.parametrize(
+    "kwargs, size",
+    [(dict(img_size=30, patch_size=8), (30, 30)), (dict(dynamic_img_size=True), (64, 70)), ({}, (64, 60))],
+)
+def test_image_size_not_a_multiple_of_the_patch_is_an_error(kwargs, size):
+    adapter = SCMAdapter(tiny_model("vit", **kwargs))
+    with pytest.raises(ValueError, match=r"not a multiple of the patch size .*dynamic_img_pad=True"):
+        adapter(torch.randn(1, 3, *size))
+    with pytest.raises(ValueError, match="not a multiple of the patch size"):
+        adapter.strip()(torch.randn(1, 3, *size))
+
+
+def test_padding_model_accepts_any_image_size():
+    adapter = SCMAdapter(tiny_model("vit", patch_size=8, dynamic_img_size=True, dynamic_img_pad=True))
+    assert adapter(torch.randn(1, 3, 30, 30)).attention.shape == (1, 4, 4)
+
+
+@pytest.mark.parametrize("mode", ["train", "eval"])
+def test_nan_image_is_named_not_zeroed(mode):
+    adapter = getattr(SCMAdapter(tiny_model("vit")), mode)()
+    x = tiny_input("vit", batch=3)
+    x[1, 0, 5, 5] = float("nan")
+    with pytest.raises(ValueError, match=r"image\(s\) \[1\] is NaN or infinite"):
+        adapter(x)
+
+
+@pytest.mark.parametrize("mode", ["train", "eval"])
+def test_empty_batch_gives_empty_outputs(mode):
+    adapter = getattr(SCMAdapter(tiny_model("vit")), mode)()
+    out = adapter(torch.randn(0, 3, 64, 64))
+    assert out.logits.shape == (0, 5) and out.maps.shape == (0, 5, 4, 4) and out.attention.shape == (0, 4, 4)
+
+
+@pytest.mark.parametrize("mode", ["train", "eval"])
+def test_data_parallel_gathers_the_output(mode, monkeypatch):
+    """DataParallel's gather rebuilds the output type from its fields; Gather itself needs CUDA, so it is
+    replaced by a concatenation on the CPU."""
+    gather_module = torch.nn.parallel.scatter_gather
+    monkeypatch.setattr(gather_module.Gather, "apply", lambda device, dim, *parts: torch.cat(parts, dim))
+    adapter = getattr(SCMAdapter(tiny_model("vit")), mode)()
+    parts = [adapter(tiny_input("vit", seed=seed)) for seed in (0, 1)]
+    gathered = gather_module.gather(parts, "cpu")
+    assert isinstance(gathered, SCMOutput)
+    assert gathered.logits.shape == (4, 5) and torch.equal(gathered.maps[2:], parts[1].maps)
+    assert (gathered.calibrated is None) == (mode == "eval")

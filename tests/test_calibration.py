@@ -1,5 +1,7 @@
 """The SCM module (``scm_calib.calibration``) against the dense reference, and its numerical guards."""
 
+import re
+
 import pytest
 import torch
 from reference_scm import ReferenceSCM
@@ -141,10 +143,101 @@ def test_bad_inputs_raise_clear_errors() -> None:
         module(maps, (attn > 0.5).long())
 
 
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        (dict(alpha=0.0), "alpha must be a positive finite number, got 0.0"),
+        (dict(alpha=-0.002), "alpha must be a positive finite number, got -0.002"),
+        (dict(alpha=float("nan")), "alpha must be a positive finite number, got nan"),
+        (dict(beta_init=0.0), "beta_init must be a positive finite number, got 0.0"),
+        (dict(beta_init=-0.5), "beta_init must be a positive finite number"),
+        (dict(eps=0.0), "eps must be a positive finite number"),
+        (dict(beta_min=-1e-4), "beta_min must be a positive finite number"),
+        (dict(beta_min=float("inf")), "beta_min must be a positive finite number, got inf"),
+        (dict(lambda_init=float("nan")), "lambda_init must be a finite number, got nan"),
+        (dict(lambda_init=float("inf")), "lambda_init must be a finite number, got inf"),
+        (dict(num_blocks=0, num_iters=()), "num_blocks must be an int of at least 1, got 0"),
+        (dict(num_blocks=2.0, num_iters=(4, 4)), "num_blocks must be an int of at least 1, got 2.0"),
+        (dict(num_iters=4), "num_iters needs one entry per block: got 4 for num_blocks=4"),
+        (dict(num_iters=(16, 4.0, 4, 4)), "num_iters must be an int of at least 1, got 4.0"),
+        (dict(num_iters=(16, 4, 0, 4)), "num_iters must be an int of at least 1, got 0"),
+    ],
+)
+def test_impossible_constructor_values_raise(kwargs: dict, message: str) -> None:
+    with pytest.raises(ValueError, match=re.escape(message)):
+        SCM(**kwargs)
+
+
+@pytest.mark.parametrize(("block", "lam"), [(0, 10.0), (0, -5.0), (2, 10.0)])
+def test_diverging_lambda_names_block_and_lambda(block: int, lam: float) -> None:
+    """Outside the Newton-Schulz convergence range, block 0 (16 iterations) gives NaN and a 4-iteration block
+    values 1e17 times too large: both raise in the forward that diverges."""
+    module = SCM(backend="torch")
+    with torch.no_grad():
+        module.blocks[block].lambda_.fill_(lam)
+    with pytest.raises(FloatingPointError, match=rf"SCM block {block}: .*diverged at lambda={lam:g}: .*lambda"):
+        module(*_inputs(2, 5, 14, 14))
+
+
+@pytest.mark.parametrize("lam", [-2.9, 0.0, 1.0, 3.9, 5.0])
+def test_converging_lambda_passes_the_divergence_check(lam: float) -> None:
+    calibrated, _ = SCM(lambda_init=lam, backend="torch")(*_inputs(2, 5, 14, 14))
+    assert torch.isfinite(calibrated).all()
+
+
+@pytest.mark.parametrize("beta", [-0.3, 0.0, 1e-6])
+def test_beta_below_its_floor_keeps_a_gradient(beta: float) -> None:
+    maps, attn = _inputs(2, 4, 5, 6)
+    module = SCM(num_blocks=1, num_iters=(4,), backend="torch")
+    with torch.no_grad():
+        module.blocks[0].beta.fill_(beta)
+    calibrated, _ = module(maps, attn)
+    torch.nn.functional.cross_entropy(calibrated.mean(dim=(2, 3)), torch.tensor([0, 1])).backward()
+    grad = module.blocks[0].beta.grad
+    assert grad is not None and grad.abs() > 0
+
+
+def test_negative_beta_acts_as_its_magnitude() -> None:
+    maps, attn = _inputs(2, 4, 5, 6)
+    module = SCM(num_blocks=1, num_iters=(4,), backend="torch")
+    values, grads = [], []
+    for beta in (0.3, -0.3):
+        with torch.no_grad():
+            module.blocks[0].beta.fill_(beta)
+        calibrated, _ = module(maps, attn)
+        values.append(calibrated)
+        grads.append(torch.autograd.grad(calibrated.square().sum(), module.blocks[0].beta)[0])
+    torch.testing.assert_close(values[0], values[1])
+    torch.testing.assert_close(grads[0], -grads[1])
+
+
+def test_adamw_cannot_freeze_beta() -> None:
+    """A loss that wants a small beta: with a plain clamp, AdamW at lr 0.1 drives beta below the floor, where
+    its gradient is zero for good; here beta keeps moving."""
+    maps, attn = _inputs(2, 4, 5, 6)
+    module = SCM(num_blocks=1, num_iters=(4,), backend="torch")
+    beta = module.blocks[0].beta
+    optimizer = torch.optim.AdamW([beta], lr=0.1, weight_decay=0.0)
+    history = []
+    for _ in range(25):
+        optimizer.zero_grad()
+        calibrated, _ = module(maps, attn)
+        (-calibrated.var()).backward()
+        optimizer.step()
+        history.append(beta.item())
+    assert beta.grad.abs() > 0 and len(set(history[-5:])) == 5
+
+
+def test_empty_batch_gives_empty_outputs() -> None:
+    maps, attn = _inputs(0, 3, 4, 5)
+    calibrated, updated = SCM().train()(maps, attn)
+    assert calibrated.shape == (0, 3, 4, 5) and updated.shape == (0, 4, 5)
+
+
 def test_bad_configuration_raises_clear_errors() -> None:
     with pytest.raises(ValueError, match=r"one entry per block: got \(16, 4\) for num_blocks=4"):
         SCM(num_iters=(16, 4))
     with pytest.raises(ValueError, match="unknown backend 'cuda'"):
         SCM(backend="cuda")
-    with pytest.raises(ValueError, match="num_iters must be at least 1, got 0"):
+    with pytest.raises(ValueError, match="num_iters must be an int of at least 1, got 0"):
         SCMBlock(0)
