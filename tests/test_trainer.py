@@ -5,10 +5,13 @@ from __future__ import annotations
 import json
 import re
 import shutil
+import struct
 import subprocess
 import sys
+import zlib
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from PIL import Image
@@ -350,3 +353,91 @@ def test_checkpoint_flag_refuses_keys_that_do_not_fit(kind: str, tmp_path: Path)
         train.SetupError, match=r"does not fit vit_tiny_patch16_224: .* key\(s\) of the file are unused"
     ):
         train.build_model(config, num_classes=3)
+
+
+def _png_header_only(width: int, height: int) -> bytes:
+    """A PNG that declares ``width`` x ``height`` pixels and holds none (a decompression bomb to Pillow)."""
+    header = b"IHDR" + struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    chunk = struct.pack(">I", 13) + header + struct.pack(">I", zlib.crc32(header))
+    end = struct.pack(">I", 0) + b"IEND" + struct.pack(">I", zlib.crc32(b"IEND"))
+    return b"\x89PNG\r\n\x1a\n" + chunk + end
+
+
+def test_infer_skips_bad_files_and_keeps_the_others(
+    tiny_run: tuple[Path, dict], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import infer
+
+    images = tmp_path / "images"
+    images.mkdir()
+    Image.fromarray(torch.randint(0, 255, (30, 40, 3), dtype=torch.uint8).numpy()).save(images / "a_good.png")
+    (images / "b_corrupt.png").write_bytes(b"not an image")
+    (images / "c_dangling.png").symlink_to(tmp_path / "nowhere.png")
+    (images / "d_bomb.png").write_bytes(_png_header_only(20_000, 20_000))
+    Image.fromarray(torch.randint(0, 255, (30, 40, 3), dtype=torch.uint8).numpy()).save(images / "e_good.png")
+    weights = str(tiny_run[0] / "model_stripped.safetensors")
+    argv = [weights, str(images), "--out", str(tmp_path / "out"), "--batch-size", "2", "--device", "cpu"]
+    assert infer.main(argv) == 0
+    result = json.loads((tmp_path / "out" / "boxes.json").read_text())
+    assert [Path(r["image"]).name for r in result["predictions"]] == ["a_good.png", "e_good.png"]
+    assert [Path(s["image"]).name for s in result["skipped"]] == ["b_corrupt.png", "c_dangling.png", "d_bomb.png"]
+    assert "skipped" in capsys.readouterr().err
+    overlay = Image.open(next((tmp_path / "out" / "overlays").glob("*a_good.png")))
+    assert overlay.size[0] * 30 == overlay.size[1] * 40  # the image's own aspect, not the square network input
+
+
+def test_infer_takes_one_image_and_warns_when_the_threshold_is_a_default(
+    tiny_run: tuple[Path, dict], tiny_data: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import infer
+
+    shutil.copy(tiny_run[0] / "model_stripped.safetensors", tmp_path / "model.safetensors")
+    image = next((tiny_data / "images").rglob("*.png"))
+    assert infer.main([str(tmp_path / "model.safetensors"), str(image), "--out", str(tmp_path / "out")]) == 0
+    assert "warning: no " in capsys.readouterr().err
+    result = json.loads((tmp_path / "out" / "boxes.json").read_text())
+    assert result["tau"] == infer.DEFAULT_TAU and [r["image"] for r in result["predictions"]] == [str(image)]
+
+
+def test_infer_16_bit_png_is_not_saturated(tiny_run: tuple[Path, dict], tmp_path: Path) -> None:
+    import infer
+
+    Image.fromarray(np.full((30, 40), 32896, dtype=np.uint16)).save(tmp_path / "deep.png")
+    Image.fromarray(np.full((30, 40), 128, dtype=np.uint8)).save(tmp_path / "flat.png")
+    weights = tiny_run[0] / "model_stripped.safetensors"
+    scores = []
+    for name in ("deep", "flat"):
+        assert infer.main([str(weights), str(tmp_path / f"{name}.png"), "--out", str(tmp_path / name)]) == 0
+        scores.append(json.loads((tmp_path / name / "boxes.json").read_text())["predictions"][0]["score"])
+    assert scores[0] == scores[1]
+
+
+@pytest.mark.parametrize("metadata", ["config", "none"])
+def test_infer_rebuilds_a_model_saved_with_save_weights(metadata: str, tiny_data: Path, tmp_path: Path) -> None:
+    import infer
+    import timm
+
+    from scm_calib import SCMAdapter, save_weights
+
+    kwargs = TINY_MODEL if metadata == "config" else {}
+    adapter = SCMAdapter(timm.create_model("vit_tiny_patch16_224", num_classes=3, img_size=32, **kwargs))
+    config = {"model": "vit_tiny_patch16_224", "model_kwargs": kwargs, "image_size": 32}
+    extra = {"config": json.dumps(config), "classes": json.dumps(["a", "b", "c"])} if metadata == "config" else {}
+    save_weights(adapter.strip(), tmp_path / "mine.safetensors", metadata=extra)
+    image = next((tiny_data / "images").rglob("*.png"))
+    assert infer.main([str(tmp_path / "mine.safetensors"), str(image), "--out", str(tmp_path / "out")]) == 0
+    record = json.loads((tmp_path / "out" / "boxes.json").read_text())["predictions"][0]
+    assert record["class"] == (["a", "b", "c"] if metadata == "config" else ["0", "1", "2"])[record["class_index"]]
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [(["--batch-size", "0"], "--batch-size must be >= 1"), (["--tau", "nan"], "--tau must be in [0, 1)")],
+)
+def test_infer_bad_option_gives_one_line_error(
+    argv: list[str], message: str, tiny_run: tuple[Path, dict], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import infer
+
+    assert infer.main([str(tiny_run[0] / "model_stripped.safetensors"), str(tmp_path), *argv]) == 2
+    assert message in capsys.readouterr().err
