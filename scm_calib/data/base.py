@@ -277,13 +277,14 @@ class WSOLDataset(torch.utils.data.Dataset):
                 f"{record.source}: gives the size of {record.path} as {record.size[0]}x{record.size[1]} "
                 f"(width x height) but the image is {width}x{height}; fix the metadata or the image."
             )
-        boxes, clipped = _boxes_in_image(record, width, height)
+        in_image, clipped = _boxes_in_image(record, width, height)
         if clipped:
             warnings.warn(
                 f"{record.source}: a box of {record.path} reaches outside the {width}x{height} image; clipped to "
-                f"{[round(v, 2) for v in boxes.flatten().tolist()]}.",
+                f"{[list(box) for box in in_image]}.",
                 stacklevel=2,
             )
+        boxes = torch.tensor(in_image, dtype=torch.float64).reshape(-1, 4)
         inputs: list[Any] = [
             tv_tensors.Image(torch.from_numpy(image).permute(2, 0, 1)),
             tv_tensors.BoundingBoxes(boxes.to(torch.float32), format="XYXY", canvas_size=(height, width)),
@@ -315,30 +316,22 @@ class WSOLDataset(torch.utils.data.Dataset):
         )
 
 
-def _boxes_in_image(record: ImageRecord, width: int, height: int) -> tuple[torch.Tensor, bool]:
+def _boxes_in_image(record: ImageRecord, width: int, height: int) -> tuple[tuple[Box, ...], bool]:
     """The record's boxes clipped to the image, ``[0, width] x [0, height]``, and whether any was clipped.
 
     Raises:
         DatasetFormatError: a box lies entirely outside the image (a box for another image or another size).
     """
-    boxes = torch.tensor(record.boxes, dtype=torch.float64).reshape(-1, 4)
-    outside = (boxes[:, 0] >= width) | (boxes[:, 1] >= height) | (boxes[:, 2] <= 0) | (boxes[:, 3] <= 0)
-    if outside.any():
-        box = [round(v, 2) for v in boxes[outside][0].tolist()]
-        raise DatasetFormatError(
-            f"{record.source}: box {box} of {record.path} lies entirely outside the {width}x{height} image; fix "
-            "the box (x0, y0, x1, y1 in pixels of this image) or remove the image's lines."
-        )
-    clipped = torch.stack(
-        [
-            boxes[:, 0].clamp(0, width),
-            boxes[:, 1].clamp(0, height),
-            boxes[:, 2].clamp(0, width),
-            boxes[:, 3].clamp(0, height),
-        ],
-        dim=1,
-    )
-    return clipped, bool((clipped != boxes).any())
+    clipped = []
+    for box in record.boxes:
+        x0, y0, x1, y1 = box
+        if x0 >= width or y0 >= height or x1 <= 0 or y1 <= 0:
+            raise DatasetFormatError(
+                f"{record.source}: box {list(box)} of {record.path} lies entirely outside the {width}x{height} "
+                "image; fix the box (x0, y0, x1, y1 in pixels of this image) or remove the image's lines."
+            )
+        clipped.append((max(x0, 0), max(y0, 0), min(x1, width), min(y1, height)))
+    return tuple(clipped), tuple(clipped) != tuple(record.boxes)
 
 
 def parse_image_path(path: Path, number: int, text: str) -> str:
