@@ -441,3 +441,24 @@ def test_infer_bad_option_gives_one_line_error(
 
     assert infer.main([str(tiny_run[0] / "model_stripped.safetensors"), str(tmp_path), *argv]) == 2
     assert message in capsys.readouterr().err
+
+
+def test_held_out_labels_beyond_the_classes_are_refused(tiny_data: Path, tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    shutil.copytree(tiny_data, data)
+    labels = data / "wsol_metadata" / "val" / "class_labels.txt"
+    lines = labels.read_text().splitlines()
+    lines[0] = lines[0].rsplit(",", 1)[0] + ",7"
+    labels.write_text("\n".join(lines) + "\n")
+    with pytest.raises(train.SetupError, match=r"the val split of .* has label 7 but only 3 classes"):
+        train.run(tiny_config(data, tmp_path / "runs"))
+
+
+def test_a_worker_error_is_reported_in_one_line() -> None:
+    from scm_calib.data import DatasetFormatError
+
+    worker = "Caught DatasetFormatError in DataLoader worker process 0.\nOriginal Traceback (most recent call last):\n"
+    worker += '  File "x.py", line 1\nscm_calib.data.base.DatasetFormatError: a.png cannot be read as an image: no.'
+    expected = pytest.raises(train.SetupError, match=r"^training stopped: a.png cannot be read as an image: no.$")
+    with expected, train.reported_as_setup_error("training stopped"):
+        raise DatasetFormatError(worker)
