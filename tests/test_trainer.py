@@ -462,3 +462,17 @@ def test_a_worker_error_is_reported_in_one_line() -> None:
     expected = pytest.raises(train.SetupError, match=r"^training stopped: a.png cannot be read as an image: no.$")
     with expected, train.reported_as_setup_error("training stopped"):
         raise DatasetFormatError(worker)
+
+
+def test_checkpoint_flag_with_pretrained_does_not_download(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import timm
+
+    source = timm.create_model("vit_tiny_patch16_224", num_classes=3, img_size=32, **TINY_MODEL)
+    torch.save(source.state_dict(), tmp_path / "encoder.pth")
+    create = timm.create_model
+    asked: list[bool] = []
+    monkeypatch.setattr(
+        timm, "create_model", lambda *args, **kwargs: asked.append(kwargs["pretrained"]) or create(*args, **kwargs)
+    )
+    train.build_model(tiny_config(tmp_path, tmp_path, pretrained=True, checkpoint=str(tmp_path / "encoder.pth")), 3)
+    assert asked == [False]

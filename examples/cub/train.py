@@ -183,7 +183,7 @@ def build_model(config: TrainConfig, num_classes: int) -> SCMAdapter:
     try:
         encoder = timm.create_model(
             config.model,
-            pretrained=config.pretrained,
+            pretrained=config.pretrained and config.checkpoint is None,  # --checkpoint replaces the hub's weights
             num_classes=num_classes,
             img_size=config.image_size,
             drop_path_rate=config.drop_path,
