@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 import sys
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -18,6 +19,7 @@ from scm_calib.data import (
     ILSVRCListDataset,
     WSOLMetadataDataset,
     collate_wsol,
+    load_image,
     protocol_boxes,
     read_cub_records,
     read_ilsvrc_list,
@@ -351,3 +353,116 @@ def test_missing_torchvision_is_explained(monkeypatch: pytest.MonkeyPatch) -> No
     monkeypatch.setitem(sys.modules, "torchvision", None)
     with pytest.raises(ImportError, match=r"pip install scm_calib\[examples\]"):
         require_torchvision()
+
+
+@pytest.mark.parametrize("mode", ["RGB", "L"])
+def test_16_bit_images_are_scaled_to_8_bits_not_clipped(tmp_path: Path, mode: str) -> None:
+    values = np.array([[0, 257, 32896, 65535]], dtype=np.uint16)
+    Image.fromarray(values).save(tmp_path / "deep.png")
+    image = load_image(tmp_path / "deep.png", mode)
+    expected = np.array([[0, 1, 128, 255]], dtype=np.uint8)
+    np.testing.assert_array_equal(image if mode == "L" else image[..., 1], expected)
+
+
+def test_16_bit_cub_image_is_read_with_its_contrast(cub_root: Path) -> None:
+    gray = (_object_image()[..., 0].astype(np.uint16) * 257 // 2).astype(np.uint16)  # object at 32767 of 65535
+    Image.fromarray(gray).save(cub_root / "images" / "001.a" / "1.png")
+    image = CUBDataset(cub_root, "test", image_size=40, transform=v2.ToImage())[0].image
+    assert image.shape == (3, HEIGHT, WIDTH) and sorted(image.unique().tolist()) == [0, 127]
+
+
+@pytest.mark.parametrize("bad_path", ["../outside.png", "/etc/passwd", "001.a/../../x.png", "C:/x.png"])
+@pytest.mark.parametrize("reader", ["cub", "ilsvrc", "wsol"])
+def test_image_paths_that_leave_the_dataset_are_refused(
+    cub_root: Path, tmp_path: Path, reader: str, bad_path: str
+) -> None:
+    if reader == "cub":
+        _replace_line(cub_root / "images.txt", 2, f"2 {bad_path}")
+        with pytest.raises(DatasetFormatError, match=r"images.txt, line 2: image path .* leaves the image folder"):
+            read_cub_records(cub_root)
+    elif reader == "ilsvrc":
+        (tmp_path / "val.txt").write_text(f"a.png 0 1 1 5 5\n{bad_path} 0 1 1 5 5\n")
+        with pytest.raises(DatasetFormatError, match=r"val.txt, line 2: image path .* leaves the image folder"):
+            read_ilsvrc_list(tmp_path / "val.txt")
+    else:
+        split_dir = _write_wsol_split(tmp_path / "val", {"image_ids.txt": f"c/a.png\n{bad_path}\n"})
+        with pytest.raises(DatasetFormatError, match=r"image_ids.txt, line 2: image path .* leaves the image folder"):
+            read_wsol_metadata(split_dir)
+
+
+@pytest.mark.parametrize(
+    ("box", "clipped"),
+    [
+        ("-4.0 -2.0 20.0 10.0", [0.0, 0.0, 16.0, 8.0]),
+        ("30.0 20.0 15.0 15.0", [30.0, 20.0, 40.0, 30.0]),
+        ("0.0 0.0 40.0 30.0", None),  # touches every border: kept as it is, no warning
+    ],
+)
+def test_boxes_reaching_outside_the_image_are_clipped_with_a_warning(
+    cub_root: Path, box: str, clipped: list[float] | None
+) -> None:
+    _replace_line(cub_root / "bounding_boxes.txt", 1, f"1 {box}")
+    dataset = CUBDataset(cub_root, "test", image_size=40, masks=False, transform=v2.ToImage())
+    if clipped is None:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            sample = dataset[0]
+        x, y, w, h = (float(v) for v in box.split())
+        assert sample.boxes.tolist() == [[x, y, x + w, y + h]]
+    else:
+        with pytest.warns(UserWarning, match=r"images.txt:1: a box of 001.a/1.png reaches outside the 40x30 image"):
+            sample = dataset[0]
+        assert sample.boxes.tolist() == [clipped]
+    assert dataset.check_images() == []
+
+
+@pytest.mark.parametrize("box", ["40.0 5.0 10.0 10.0", "10.0 30.0 10.0 10.0", "-20.0 5.0 10.0 10.0"])
+def test_boxes_entirely_outside_the_image_are_refused(cub_root: Path, box: str) -> None:
+    _replace_line(cub_root / "bounding_boxes.txt", 1, f"1 {box}")
+    dataset = CUBDataset(cub_root, "test", masks=False)
+    pattern = r"images.txt:1: box .* of 001.a/1.png lies entirely outside the 40x30 image"
+    with pytest.raises(DatasetFormatError, match=pattern):
+        dataset[0]
+    assert len(dataset.check_images()) == 1 and re.search(pattern, dataset.check_images()[0])
+
+
+def test_check_images_finds_unreadable_missing_and_resized_images(tmp_path: Path, cub_root: Path) -> None:
+    (cub_root / "images" / "001.a" / "2.png").write_bytes(b"not a png")
+    (cub_root / "images" / "001.a" / "3.png").unlink()
+    problems = CUBDataset(cub_root, "train", masks=False).check_images()
+    assert [re.search(r"(\d).png \(listed in .*images.txt:(\d)\) cannot be read", p).groups() for p in problems] == [
+        ("2", "2"),
+        ("3", "3"),
+    ]
+    image_root = tmp_path / "images" / "c"
+    image_root.mkdir(parents=True)
+    for name in ("a", "b"):
+        Image.fromarray(_object_image()).save(image_root / f"{name}.png")
+    sizes = f"c/a.png,{WIDTH},{HEIGHT}\nc/b.png,{WIDTH + 1},{HEIGHT}\n"
+    dataset = WSOLMetadataDataset(tmp_path / "images", _write_wsol_split(tmp_path / "val", {"image_sizes.txt": sizes}))
+    assert [p.split(":")[-2][-1:] for p in dataset.check_images()] == ["2"]
+
+
+def test_a_decompression_bomb_is_a_dataset_error(cub_root: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 100)  # the 40 x 30 images are > 2x this
+    dataset = CUBDataset(cub_root, "test", masks=False)
+    with pytest.raises(DatasetFormatError, match=r"1.png \(listed in .*images.txt:1\) cannot be read as an image"):
+        dataset[0]
+    assert len(dataset.check_images()) == 1
+
+
+@pytest.mark.parametrize("reader", ["cub", "ilsvrc", "wsol"])
+def test_a_list_without_images_is_refused(cub_root: Path, tmp_path: Path, reader: str) -> None:
+    if reader == "cub":
+        for name in ("images.txt", "image_class_labels.txt", "train_test_split.txt", "bounding_boxes.txt"):
+            (cub_root / name).write_text("\n")
+        with pytest.raises(DatasetFormatError, match=r"images.txt: lists no images"):
+            read_cub_records(cub_root)
+    elif reader == "ilsvrc":
+        (tmp_path / "val.txt").write_text("")
+        with pytest.raises(DatasetFormatError, match=r"val.txt: lists no images"):
+            read_ilsvrc_list(tmp_path / "val.txt")
+    else:
+        split_dir = _write_wsol_split(tmp_path / "val", {name: "" for name in ("image_ids.txt", "class_labels.txt")})
+        with pytest.raises(DatasetFormatError, match=r"image_ids.txt: lists no images"):
+            read_wsol_metadata(split_dir)

@@ -3,10 +3,15 @@
 from __future__ import annotations
 
 import json
+import re
+import shutil
+import struct
 import subprocess
 import sys
+import zlib
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from PIL import Image
@@ -195,3 +200,279 @@ def test_checkpoint_flag_with_the_wrong_architecture_says_so(tmp_path: Path) -> 
     torch.save(other.state_dict(), tmp_path / "wrong.pth")
     with pytest.raises(train.SetupError, match="cannot load the weights"):
         train.build_model(tiny_config(tmp_path, tmp_path, checkpoint=str(tmp_path / "wrong.pth")), num_classes=3)
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--epochs", "0"], "epochs must be >= 1, got 0"),
+        (["--batch-size", "0"], "batch_size must be >= 1, got 0"),
+        (["--accumulation", "0"], "accumulation must be >= 1, got 0"),
+        (["--threads", "0"], "threads must be >= 1, got 0"),
+        (["--workers", "-1"], "workers must be >= 0, got -1"),
+        (["--lr", "nan"], "lr must be > 0 and finite, got nan"),
+        (["--lr", "0"], "lr must be > 0 and finite, got 0.0"),
+        (["--weight-decay", "inf"], "weight_decay must be >= 0 and finite, got inf"),
+        (["--drop-path", "1"], "drop_path must be >= 0 and < 1, got 1.0"),
+        (["--decay-rate", "0"], "decay_rate must be > 0 and finite"),
+        (["--warmup-epochs", "-1"], "warmup_epochs must be >= 0"),
+        (["--min-lr=-1e-5"], "min_lr must be >= 0"),
+        (["--clip-grad", "nan"], "clip_grad must be >= 0 and finite"),
+        (["--image-size", "0"], "image_size must be >= 1, got 0"),
+        (["--resize-size", "16"], "resize_size 16 is smaller than image_size 32"),
+        (["--scm-start-epoch", "-1"], "scm_start_epoch must be >= 0"),
+        (["--decay-milestones", "0", "5"], "decay_milestones must be epochs >= 1"),
+        (["--overlays", "-1"], "overlays must be >= 0"),
+        (["--stop-after", "0"], "stop_after must be >= 1"),
+        (["--seed", "-1"], "seed must be >= 0"),
+        (["--name", "../../x"], "name '../../x' must be a plain folder name"),
+        (["--name", "a/b"], "name 'a/b' must be a plain folder name"),
+        (["--model-kwargs", "[1]"], "model_kwargs must be a JSON object, got [1]"),
+    ],
+)
+def test_bad_setting_gives_one_line_error_before_any_work(
+    argv: list[str], message: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    base = ["--data-root", str(tmp_path / "never read"), "--output", str(tmp_path / "runs"), "--image-size", "32"]
+    assert train.main([*base, *argv]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and message in err and err.count("\n") == 1, err
+    assert not (tmp_path / "runs").exists()
+
+
+@pytest.mark.parametrize(
+    ("values", "message"),
+    [({"epochs": "3"}, "epochs must be an integer, got '3'"), ({"head": "mlp"}, "head must be one of")],
+)
+def test_bad_config_file_value_gives_one_line_error(
+    values: dict, message: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = tmp_path / "settings.json"
+    path.write_text(json.dumps(values))
+    assert train.main(["--config", str(path), "--output", str(tmp_path)]) == 2
+    assert message in capsys.readouterr().err
+
+
+def test_output_that_is_a_file_is_refused(tmp_path: Path) -> None:
+    (tmp_path / "file").write_text("")
+    with pytest.raises(train.SetupError, match=r"--output: .*file is a file, not a folder"):
+        train.run(tiny_config(tmp_path, tmp_path / "file"))
+
+
+def test_a_new_run_does_not_overwrite_an_earlier_run(tiny_run: tuple[Path, dict]) -> None:
+    run_dir = tiny_run[0]
+    before = (run_dir / "checkpoint.pt").stat().st_mtime_ns
+    config = tiny_config(run_dir, run_dir.parent)
+    with pytest.raises(train.SetupError, match=r"already holds a run; pass --resume to continue it or another --name"):
+        train.run(config)
+    assert (run_dir / "checkpoint.pt").stat().st_mtime_ns == before
+
+
+@pytest.mark.parametrize(
+    ("change", "listed"),
+    [
+        ({"epochs": 3}, "epochs 1 -> 3"),
+        ({"lr": 1e-2}, "lr 0.001 -> 0.01"),
+        ({"batch_size": 2, "accumulation": 2}, "accumulation 1 -> 2; batch_size 4 -> 2"),
+        ({"baseline": True}, "baseline False -> True"),
+    ],
+)
+def test_resume_with_other_settings_lists_what_differs(
+    tiny_run: tuple[Path, dict], tiny_data: Path, change: dict, listed: str
+) -> None:
+    config = tiny_config(tiny_data, tiny_run[0].parent, **change)
+    with pytest.raises(train.SetupError, match=r"trained with other settings \(.*" + re.escape(listed)):
+        train.run(config, resume="auto")
+
+
+def test_resume_accepts_settings_that_do_not_change_training(tiny_run: tuple[Path, dict], tiny_data: Path) -> None:
+    config = tiny_config(tiny_data, tiny_run[0].parent, overlays=0, workers=1, threads=2, stop_after=5, protocol="scm")
+    assert train.read_resume_state(tiny_run[0] / train.CHECKPOINT, config)["epoch"] == 1
+
+
+def test_resume_from_a_file_that_is_no_checkpoint(tiny_data: Path, tmp_path: Path) -> None:
+    (tmp_path / "broken.pt").write_bytes(b"not a checkpoint")
+    with pytest.raises(train.SetupError, match=r"cannot read .*broken.pt as a checkpoint of this trainer"):
+        train.run(tiny_config(tiny_data, tmp_path), resume=str(tmp_path / "broken.pt"))
+
+
+def _copy_with_a_bad_test_image(tiny_data: Path, tmp_path: Path, content: bytes | None) -> tuple[Path, Path]:
+    """A copy of the tiny dataset whose first test image is cut to ``content`` (None: its first half)."""
+    data = tmp_path / "data"
+    shutil.copytree(tiny_data, data)
+    split = dict(line.split() for line in (data / "train_test_split.txt").read_text().splitlines())
+    images = dict(line.split() for line in (data / "images.txt").read_text().splitlines())
+    path = data / "images" / images[next(i for i, value in split.items() if value == "0")]
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2] if content is None else content)
+    return data, path
+
+
+def test_unreadable_image_is_found_before_training(tiny_data: Path, tmp_path: Path) -> None:
+    data, path = _copy_with_a_bad_test_image(tiny_data, tmp_path, b"not an image")
+    with pytest.raises(train.SetupError, match=r"1 image\(s\) of the test split .* the first: .*" + path.name):
+        train.run(tiny_config(data, tmp_path / "runs"))
+    assert not (tmp_path / "runs" / "run").exists()
+
+
+def test_truncated_test_image_keeps_the_trained_model(tiny_data: Path, tmp_path: Path) -> None:
+    data, path = _copy_with_a_bad_test_image(tiny_data, tmp_path, None)
+    config = tiny_config(data, tmp_path / "runs", overlays=0)
+    with pytest.raises(train.SetupError, match=r"evaluation stopped \(.* holds the trained model.*" + path.name):
+        train.run(config)
+    run_dir = tmp_path / "runs" / "run"
+    assert (run_dir / "checkpoint.pt").is_file() and (run_dir / "model_stripped.safetensors").is_file()
+    shutil.copy(tiny_data / "images" / path.relative_to(data / "images"), path)
+    assert "MaxBoxAccV2" in train.run(config, resume="auto")["test"]  # evaluation only: training was done
+
+
+def test_checkpoint_flag_keeps_timm_adaptations(tmp_path: Path) -> None:
+    """A checkpoint at another input size (position embeddings resampled) with a 10-class head loads."""
+    import timm
+
+    source = timm.create_model("vit_tiny_patch16_224", num_classes=10, img_size=64, **TINY_MODEL)
+    torch.save(source.state_dict(), tmp_path / "encoder.pth")
+    adapter = train.build_model(tiny_config(tmp_path, tmp_path, checkpoint=str(tmp_path / "encoder.pth")), 3)
+    assert adapter.encoder.pos_embed.shape[1] == 1 + 4 * 4
+    name = "blocks.0.attn.qkv.weight"
+    assert torch.equal(adapter.encoder.state_dict()[name], source.state_dict()[name])
+
+
+@pytest.mark.parametrize("kind", ["scm_calib checkpoint.pt", "another depth", "another family"])
+def test_checkpoint_flag_refuses_keys_that_do_not_fit(kind: str, tmp_path: Path) -> None:
+    import timm
+
+    config = tiny_config(tmp_path, tmp_path, checkpoint=str(tmp_path / "weights.pth"))
+    if kind == "scm_calib checkpoint.pt":
+        state = {"model": train.build_model(config.updated({"checkpoint": None}, "test"), 3).state_dict()}
+    elif kind == "another depth":
+        state = timm.create_model("vit_tiny_patch16_224", img_size=32, **{**TINY_MODEL, "depth": 2}).state_dict()
+    else:
+        state = timm.create_model("resnet18", num_classes=3).state_dict()
+    torch.save(state, tmp_path / "weights.pth")
+    with pytest.raises(
+        train.SetupError, match=r"does not fit vit_tiny_patch16_224: .* key\(s\) of the file are unused"
+    ):
+        train.build_model(config, num_classes=3)
+
+
+def _png_header_only(width: int, height: int) -> bytes:
+    """A PNG that declares ``width`` x ``height`` pixels and holds none (a decompression bomb to Pillow)."""
+    header = b"IHDR" + struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    chunk = struct.pack(">I", 13) + header + struct.pack(">I", zlib.crc32(header))
+    end = struct.pack(">I", 0) + b"IEND" + struct.pack(">I", zlib.crc32(b"IEND"))
+    return b"\x89PNG\r\n\x1a\n" + chunk + end
+
+
+def test_infer_skips_bad_files_and_keeps_the_others(
+    tiny_run: tuple[Path, dict], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import infer
+
+    images = tmp_path / "images"
+    images.mkdir()
+    Image.fromarray(torch.randint(0, 255, (30, 40, 3), dtype=torch.uint8).numpy()).save(images / "a_good.png")
+    (images / "b_corrupt.png").write_bytes(b"not an image")
+    (images / "c_dangling.png").symlink_to(tmp_path / "nowhere.png")
+    (images / "d_bomb.png").write_bytes(_png_header_only(20_000, 20_000))
+    Image.fromarray(torch.randint(0, 255, (30, 40, 3), dtype=torch.uint8).numpy()).save(images / "e_good.png")
+    weights = str(tiny_run[0] / "model_stripped.safetensors")
+    argv = [weights, str(images), "--out", str(tmp_path / "out"), "--batch-size", "2", "--device", "cpu"]
+    assert infer.main(argv) == 0
+    result = json.loads((tmp_path / "out" / "boxes.json").read_text())
+    assert [Path(r["image"]).name for r in result["predictions"]] == ["a_good.png", "e_good.png"]
+    assert [Path(s["image"]).name for s in result["skipped"]] == ["b_corrupt.png", "c_dangling.png", "d_bomb.png"]
+    assert "skipped" in capsys.readouterr().err
+    overlay = Image.open(next((tmp_path / "out" / "overlays").glob("*a_good.png")))
+    assert overlay.size[0] * 30 == overlay.size[1] * 40  # the image's own aspect, not the square network input
+
+
+def test_infer_takes_one_image_and_warns_when_the_threshold_is_a_default(
+    tiny_run: tuple[Path, dict], tiny_data: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import infer
+
+    shutil.copy(tiny_run[0] / "model_stripped.safetensors", tmp_path / "model.safetensors")
+    image = next((tiny_data / "images").rglob("*.png"))
+    assert infer.main([str(tmp_path / "model.safetensors"), str(image), "--out", str(tmp_path / "out")]) == 0
+    assert "warning: no " in capsys.readouterr().err
+    result = json.loads((tmp_path / "out" / "boxes.json").read_text())
+    assert result["tau"] == infer.DEFAULT_TAU and [r["image"] for r in result["predictions"]] == [str(image)]
+
+
+def test_infer_16_bit_png_is_not_saturated(tiny_run: tuple[Path, dict], tmp_path: Path) -> None:
+    import infer
+
+    Image.fromarray(np.full((30, 40), 32896, dtype=np.uint16)).save(tmp_path / "deep.png")
+    Image.fromarray(np.full((30, 40), 128, dtype=np.uint8)).save(tmp_path / "flat.png")
+    weights = tiny_run[0] / "model_stripped.safetensors"
+    scores = []
+    for name in ("deep", "flat"):
+        assert infer.main([str(weights), str(tmp_path / f"{name}.png"), "--out", str(tmp_path / name)]) == 0
+        scores.append(json.loads((tmp_path / name / "boxes.json").read_text())["predictions"][0]["score"])
+    assert scores[0] == scores[1]
+
+
+@pytest.mark.parametrize("metadata", ["config", "none"])
+def test_infer_rebuilds_a_model_saved_with_save_weights(metadata: str, tiny_data: Path, tmp_path: Path) -> None:
+    import infer
+    import timm
+
+    from scm_calib import SCMAdapter, save_weights
+
+    kwargs = TINY_MODEL if metadata == "config" else {}
+    adapter = SCMAdapter(timm.create_model("vit_tiny_patch16_224", num_classes=3, img_size=32, **kwargs))
+    config = {"model": "vit_tiny_patch16_224", "model_kwargs": kwargs, "image_size": 32}
+    extra = {"config": json.dumps(config), "classes": json.dumps(["a", "b", "c"])} if metadata == "config" else {}
+    save_weights(adapter.strip(), tmp_path / "mine.safetensors", metadata=extra)
+    image = next((tiny_data / "images").rglob("*.png"))
+    assert infer.main([str(tmp_path / "mine.safetensors"), str(image), "--out", str(tmp_path / "out")]) == 0
+    record = json.loads((tmp_path / "out" / "boxes.json").read_text())["predictions"][0]
+    assert record["class"] == (["a", "b", "c"] if metadata == "config" else ["0", "1", "2"])[record["class_index"]]
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [(["--batch-size", "0"], "--batch-size must be >= 1"), (["--tau", "nan"], "--tau must be in [0, 1)")],
+)
+def test_infer_bad_option_gives_one_line_error(
+    argv: list[str], message: str, tiny_run: tuple[Path, dict], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import infer
+
+    assert infer.main([str(tiny_run[0] / "model_stripped.safetensors"), str(tmp_path), *argv]) == 2
+    assert message in capsys.readouterr().err
+
+
+def test_held_out_labels_beyond_the_classes_are_refused(tiny_data: Path, tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    shutil.copytree(tiny_data, data)
+    labels = data / "wsol_metadata" / "val" / "class_labels.txt"
+    lines = labels.read_text().splitlines()
+    lines[0] = lines[0].rsplit(",", 1)[0] + ",7"
+    labels.write_text("\n".join(lines) + "\n")
+    with pytest.raises(train.SetupError, match=r"the val split of .* has label 7 but only 3 classes"):
+        train.run(tiny_config(data, tmp_path / "runs"))
+
+
+def test_a_worker_error_is_reported_in_one_line() -> None:
+    from scm_calib.data import DatasetFormatError
+
+    worker = "Caught DatasetFormatError in DataLoader worker process 0.\nOriginal Traceback (most recent call last):\n"
+    worker += '  File "x.py", line 1\nscm_calib.data.base.DatasetFormatError: a.png cannot be read as an image: no.'
+    expected = pytest.raises(train.SetupError, match=r"^training stopped: a.png cannot be read as an image: no.$")
+    with expected, train.reported_as_setup_error("training stopped"):
+        raise DatasetFormatError(worker)
+
+
+def test_checkpoint_flag_with_pretrained_does_not_download(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import timm
+
+    source = timm.create_model("vit_tiny_patch16_224", num_classes=3, img_size=32, **TINY_MODEL)
+    torch.save(source.state_dict(), tmp_path / "encoder.pth")
+    create = timm.create_model
+    asked: list[bool] = []
+    monkeypatch.setattr(
+        timm, "create_model", lambda *args, **kwargs: asked.append(kwargs["pretrained"]) or create(*args, **kwargs)
+    )
+    train.build_model(tiny_config(tmp_path, tmp_path, pretrained=True, checkpoint=str(tmp_path / "encoder.pth")), 3)
+    assert asked == [False]

@@ -8,6 +8,10 @@ weight decay 0.05, drop-path 0.1, 30 epochs, batch 16, Resize 256 -> RandomCrop 
 from __future__ import annotations
 
 import json
+import math
+import types
+import typing
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
@@ -114,6 +118,101 @@ class TrainConfig:
         if unknown:
             raise ValueError(f"{source}: unknown setting(s) {unknown}; the settings are {sorted(known)}.")
         return replace(self, **values)
+
+    def validate(self) -> None:
+        """Checks every setting's type and range.
+
+        Raises:
+            ValueError: the first setting that cannot work, with its value and the values it accepts.
+        """
+        for name, hint in typing.get_type_hints(TrainConfig).items():
+            value = getattr(self, name)
+            if not _has_type(value, hint):
+                raise ValueError(f"{name} must be {_type_name(hint)}, got {value!r}.")
+        for name, (accepts, words) in _BOUNDS.items():
+            value = getattr(self, name)
+            if value is not None and not accepts(value):
+                raise ValueError(f"{name} must be {words}, got {value!r}.")
+        for name, allowed in _CHOICES.items():
+            if getattr(self, name) not in allowed:
+                raise ValueError(f"{name} must be one of {allowed}, got {getattr(self, name)!r}.")
+        if any(milestone < 1 for milestone in self.decay_milestones):
+            raise ValueError(f"decay_milestones must be epochs >= 1, got {list(self.decay_milestones)}.")
+        if self.resize_size is not None and self.resize_size < self.image_size:
+            raise ValueError(
+                f"resize_size {self.resize_size} is smaller than image_size {self.image_size}; the random crop "
+                "needs resize_size >= image_size."
+            )
+        name = self.run_name
+        if name in ("", ".", "..") or Path(name).name != name or "/" in name or "\\" in name:
+            raise ValueError(f"name {name!r} must be a plain folder name (no path); use output to pick the folder.")
+
+
+def _at_least(low: float) -> Callable[[float], bool]:
+    """A check of ``low <= value`` that also rejects infinity and NaN."""
+    return lambda value: low <= value < math.inf
+
+
+# What each numeric setting accepts, in words for the message; None (where allowed) is not checked.
+_BOUNDS: dict[str, tuple[Callable[[float], bool], str]] = {
+    "image_size": (_at_least(1), ">= 1"),
+    "resize_size": (_at_least(1), ">= 1"),
+    "scm_start_epoch": (_at_least(0), ">= 0"),
+    "epochs": (_at_least(1), ">= 1"),
+    "batch_size": (_at_least(1), ">= 1"),
+    "accumulation": (_at_least(1), ">= 1"),
+    "lr": (lambda value: 0 < value < math.inf, "> 0 and finite"),
+    "weight_decay": (_at_least(0), ">= 0 and finite"),
+    "drop_path": (lambda value: 0 <= value < 1, ">= 0 and < 1"),
+    "decay_rate": (lambda value: 0 < value < math.inf, "> 0 and finite"),
+    "warmup_epochs": (_at_least(0), ">= 0"),
+    "warmup_lr": (_at_least(0), ">= 0 and finite"),
+    "min_lr": (_at_least(0), ">= 0 and finite"),
+    "clip_grad": (_at_least(0), ">= 0 and finite (0: no clipping)"),
+    "seed": (_at_least(0), ">= 0"),
+    "workers": (_at_least(0), ">= 0"),
+    "threads": (_at_least(1), ">= 1"),
+    "overlays": (_at_least(0), ">= 0"),
+    "stop_after": (_at_least(1), ">= 1"),
+}
+
+_CHOICES: dict[str, tuple[Any, ...]] = {
+    "head": ("conv", "linear"),
+    "protocol": ("wsol", "scm", "tscam"),
+    "device": (None, "cuda", "cpu"),
+}
+
+
+def _has_type(value: Any, hint: Any) -> bool:
+    """Whether ``value`` fits a field's type hint (JSON lists count as tuples, ints as floats)."""
+    if isinstance(hint, types.UnionType):
+        return any(_has_type(value, option) for option in typing.get_args(hint))
+    if hint is type(None):
+        return value is None
+    origin = typing.get_origin(hint)
+    if origin is tuple:
+        return isinstance(value, (tuple, list)) and all(_has_type(v, typing.get_args(hint)[0]) for v in value)
+    if origin is dict:
+        return isinstance(value, dict) and all(isinstance(key, str) for key in value)
+    if hint is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if hint is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    return isinstance(value, hint)
+
+
+def _type_name(hint: Any) -> str:
+    """A type hint in words for error messages."""
+    if isinstance(hint, types.UnionType):
+        return " or ".join(_type_name(option) for option in typing.get_args(hint))
+    if hint is type(None):
+        return "null"
+    origin = typing.get_origin(hint)
+    if origin is tuple:
+        return f"a list of {_type_name(typing.get_args(hint)[0])}"
+    if origin is dict:
+        return "a JSON object"
+    return {str: "a string", int: "an integer", float: "a number", bool: "true or false"}.get(hint, str(hint))
 
 
 PRESETS: dict[str, TrainConfig] = {

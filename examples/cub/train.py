@@ -16,6 +16,8 @@ import argparse
 import json
 import math
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -151,6 +153,19 @@ def load_datasets(config: TrainConfig, context: DistributedContext) -> dict[str,
             datasets["val"] = WSOLMetadataDataset(root / "images", val_dir, image_size=config.image_size)
     except DatasetFormatError as err:
         raise SetupError(f"cannot read the dataset at {root}: {err}") from err
+    num_classes = datasets["train"].num_classes
+    for split, dataset in datasets.items():
+        if len(dataset) == 0:
+            raise SetupError(f"the {split} split of {root} has no images; check its split files.")
+        labels = dataset.labels
+        if max(labels) >= num_classes:
+            raise SetupError(f"the {split} split of {root} has label {max(labels)} but only {num_classes} classes.")
+        problems = dataset.check_images()
+        if problems:
+            raise SetupError(
+                f"{len(problems)} image(s) of the {split} split of {root} cannot be used, the first: {problems[0]} "
+                "Fix or remove them before training."
+            )
     return datasets
 
 
@@ -165,29 +180,63 @@ def build_model(config: TrainConfig, num_classes: int) -> SCMAdapter:
         raise SetupError(f"--model {config.model!r} is not a timm model; similar names: {close or 'none'}.")
     if config.checkpoint is not None and not Path(config.checkpoint).is_file():
         raise SetupError(f"--checkpoint {config.checkpoint} does not exist; pass a timm .pth/.safetensors file.")
-    kwargs: dict[str, Any] = dict(config.model_kwargs)
-    if config.checkpoint is not None:
-        kwargs["pretrained_cfg_overlay"] = {"file": str(Path(config.checkpoint).resolve())}
     try:
         encoder = timm.create_model(
             config.model,
-            pretrained=config.pretrained or config.checkpoint is not None,
+            pretrained=config.pretrained and config.checkpoint is None,  # --checkpoint replaces the hub's weights
             num_classes=num_classes,
             img_size=config.image_size,
             drop_path_rate=config.drop_path,
-            **kwargs,
+            **config.model_kwargs,
         )
+        if config.checkpoint is not None:
+            load_encoder_checkpoint(encoder, Path(config.checkpoint))
     except TypeError as err:
         raise SetupError(
             f"timm.create_model({config.model!r}, ...) rejected the arguments ({err}); SCM needs a timm Vision "
             "Transformer with a class token (vit_*, deit_*, deit3_*, eva02_*, beit_*); check --model-kwargs."
         ) from err
     except (RuntimeError, OSError) as err:
-        raise SetupError(f"cannot load the weights of {config.model!r}: {err}") from err
+        raise SetupError(f"cannot load the weights of {config.model!r}: {' '.join(str(err).split())}") from err
     try:
         return SCMAdapter(encoder, head=config.head, scm=None if config.baseline else "default")
     except UnsupportedModelError as err:
         raise SetupError(f"--model {config.model!r} cannot be used with SCM: {err}") from err
+
+
+def load_encoder_checkpoint(encoder: nn.Module, path: Path) -> None:
+    """Loads a local timm checkpoint as timm loads pretrained weights (the model's checkpoint filter resamples
+    position embeddings to the input size; a classifier for another number of classes is dropped), and stops
+    when keys of the encoder are left without weights or keys of the file are left unused.
+
+    Raises:
+        SetupError: the keys of the file do not fit the encoder (another architecture, an scm_calib file).
+        RuntimeError: a tensor of the file has the wrong shape (from ``load_state_dict``).
+    """
+    results: list[Any] = []
+    hook = encoder.register_load_state_dict_post_hook(lambda module, keys: results.append(keys))
+    filter_fn = getattr(sys.modules[type(encoder).__module__], "checkpoint_filter_fn", None)
+    try:
+        timm.models.load_pretrained(
+            encoder,
+            pretrained_cfg={**encoder.pretrained_cfg, "file": str(path.resolve()), "custom_load": False},
+            num_classes=encoder.num_classes,
+            filter_fn=filter_fn,
+            strict=False,
+        )
+    finally:
+        hook.remove()
+    classifiers = encoder.pretrained_cfg.get("classifier") or ()
+    classifiers = (classifiers,) if isinstance(classifiers, str) else tuple(classifiers)
+    missing = [key for keys in results for key in keys.missing_keys if key.split(".")[0] not in classifiers]
+    unexpected = [key for keys in results for key in keys.unexpected_keys]
+    if missing or unexpected:
+        architecture = encoder.pretrained_cfg.get("architecture", type(encoder).__name__)
+        raise SetupError(
+            f"--checkpoint {path} does not fit {architecture}: {len(missing)} encoder key(s) get no weights "
+            f"{missing[:3]}, {len(unexpected)} key(s) of the file are unused {unexpected[:3]}; pass the state_dict of "
+            "a timm model of --model with --model-kwargs (continue a run of this trainer with --resume instead)."
+        )
 
 
 def train_loader(
@@ -331,6 +380,7 @@ def run(config: TrainConfig, resume: str | None = None) -> dict[str, Any]:
         SetupError: data, model or checkpoint settings that cannot work.
     """
     try:
+        config.validate()
         context = setup_distributed(config.device)
     except ValueError as err:
         raise SetupError(str(err)) from err
@@ -340,7 +390,12 @@ def run(config: TrainConfig, resume: str | None = None) -> dict[str, Any]:
     # some 4x slower; flushing them to zero left every loss of the default run unchanged.
     torch.set_flush_denormal(True)
     seed_everything(config.seed + context.rank)
-    run_dir = Path(config.output) / config.run_name
+    run_dir = check_run_dir(config, resume)
+    state = None
+    if resume is not None:
+        state = read_resume_state(run_dir / CHECKPOINT if resume == "auto" else Path(resume), config)
+    if context.distributed:
+        torch.distributed.barrier()  # every process has checked the run folder before rank 0 writes into it
     datasets = load_datasets(config, context)
     num_classes = datasets["train"].num_classes
     adapter = build_model(config, num_classes).to(context.device)
@@ -360,12 +415,7 @@ def run(config: TrainConfig, resume: str | None = None) -> dict[str, Any]:
         updates_per_epoch=updates_per_epoch,
     )
     start_epoch, global_step, history = 0, 0, []
-    if resume is not None:
-        path = run_dir / CHECKPOINT if resume == "auto" else Path(resume)
-        try:
-            state = load_checkpoint(path)
-        except FileNotFoundError as err:
-            raise SetupError(str(err)) from err
+    if state is not None:
         adapter.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
@@ -392,7 +442,8 @@ def run(config: TrainConfig, resume: str | None = None) -> dict[str, Any]:
             progress.update(step["images"])
             progress.set_postfix(epoch=epoch + 1, loss=f"{step['loss']:.3f}", lr=f"{step['lr']:.1e}")
 
-        with without_calibration(adapter, enabled=epoch < config.scm_start_epoch):
+        stopped = f"training stopped in epoch {epoch + 1} ({run_dir / CHECKPOINT} holds the epochs before it)"
+        with without_calibration(adapter, enabled=epoch < config.scm_start_epoch), reported_as_setup_error(stopped):
             stats, global_step = train_one_epoch(
                 model,
                 loader,
@@ -428,17 +479,19 @@ def run(config: TrainConfig, resume: str | None = None) -> dict[str, Any]:
     progress.close()
     if last_epoch < config.epochs:
         return {"stopped_after_epoch": last_epoch}
+    if context.is_main:
+        metadata = {"config": json.dumps(config.to_json()), "classes": json.dumps(datasets["train"].class_names)}
+        save_weights(adapter.strip(), run_dir / "model_stripped.safetensors", metadata=metadata)
     size = (config.image_size, config.image_size)
     val = None
-    if "val" in datasets:
-        val = evaluate(model, eval_loader(datasets["val"], config, context), context, size, config.protocol)
-    test = evaluate(model, eval_loader(datasets["test"], config, context), context, size, config.protocol)
+    with reported_as_setup_error(f"evaluation stopped ({run_dir} holds the trained model; --resume evaluates it)"):
+        if "val" in datasets:
+            val = evaluate(model, eval_loader(datasets["val"], config, context), context, size, config.protocol)
+        test = evaluate(model, eval_loader(datasets["test"], config, context), context, size, config.protocol)
     summary = summarize(val, test, config.protocol)
     summary["history"] = history
     if context.is_main:
         (run_dir / "metrics.json").write_text(json.dumps(summary, indent=1), encoding="utf-8")
-        metadata = {"config": json.dumps(config.to_json()), "classes": json.dumps(datasets["train"].class_names)}
-        save_weights(adapter.strip(), run_dir / "model_stripped.safetensors", metadata=metadata)
         tau = summary.get("test_at_val_tau", {}).get("tau", test["best_tau"])
         write_figures(run_dir, adapter, history, datasets["test"], config.overlays, tau)
         headline = ("MaxBoxAccV2", "MaxBoxAcc", "GTKnownLoc", "Top1Loc", "Top5Loc", "Top1Cls", "Top5Cls")
@@ -450,6 +503,76 @@ def run(config: TrainConfig, resume: str | None = None) -> dict[str, Any]:
             report["test_at_val_tau"] = {k: round(v, 2) for k, v in summary["test_at_val_tau"].items()}
         print(json.dumps(report, indent=1))
     return summary
+
+
+@contextmanager
+def reported_as_setup_error(stage: str) -> Iterator[None]:
+    """Turns an image that cannot be read in the block (also in a DataLoader worker) into a one-line SetupError.
+
+    Args:
+        stage: what stopped and what is kept, put before the reader's message.
+    """
+    try:
+        yield
+    except DatasetFormatError as err:
+        # A worker's exception comes back with its traceback in the message; its last line is the reader's.
+        message = str(err).strip().splitlines()[-1].split("DatasetFormatError: ", 1)[-1]
+        raise SetupError(f"{stage}: {message}") from err
+
+
+def check_run_dir(config: TrainConfig, resume: str | None) -> Path:
+    """The run folder ``<output>/<name>``, checked before anything is written.
+
+    Raises:
+        SetupError: ``--output`` or the run folder is a file, or a new run (no ``--resume``) would write into
+            the folder of an earlier run and mix its files with the new ones.
+    """
+    output = Path(config.output)
+    run_dir = output / config.run_name
+    for path, flag in ((output, "--output"), (run_dir, "--name")):
+        if path.exists() and not path.is_dir():
+            raise SetupError(f"{flag}: {path} is a file, not a folder; pass another {flag}.")
+    if resume is None and run_dir.is_dir() and any(run_dir.iterdir()):
+        raise SetupError(
+            f"{run_dir} already holds a run; pass --resume to continue it or another --name for a new run."
+        )
+    return run_dir
+
+
+# Settings that do not change what a resumed run computes: where it runs, how it reports, where it writes.
+RESUMABLE_CHANGES = frozenset(
+    {"overlays", "workers", "threads", "stop_after", "device", "compile", "output", "name", "protocol"}
+)
+
+
+def read_resume_state(path: Path, config: TrainConfig) -> dict[str, Any]:
+    """The training state of ``checkpoint.pt``, checked against the settings of this invocation.
+
+    Raises:
+        SetupError: the file is missing, unreadable or not a checkpoint of this trainer, or its run used other
+            settings (other than those in :data:`RESUMABLE_CHANGES`); the message lists what differs.
+    """
+    try:
+        state = load_checkpoint(path)
+    except FileNotFoundError as err:
+        raise SetupError(str(err)) from err
+    except Exception as err:
+        raise SetupError(f"cannot read {path} as a checkpoint of this trainer ({' '.join(str(err).split())}).") from err
+    if not isinstance(state, dict) or not isinstance(state.get("config"), dict):
+        raise SetupError(f"{path} is not a checkpoint.pt of this trainer; pass the checkpoint.pt of a run.")
+    saved = json.loads(json.dumps(state["config"]))
+    now = json.loads(json.dumps(config.to_json()))
+    differ = [
+        f"{key} {saved.get(key)!r} -> {now.get(key)!r}"
+        for key in sorted(set(saved) | set(now))
+        if key not in RESUMABLE_CHANGES and saved.get(key) != now.get(key)
+    ]
+    if differ:
+        raise SetupError(
+            f"{path} was trained with other settings ({'; '.join(differ)}); resume with the settings of its run "
+            "(its config.json) or start a new run with another --name."
+        )
+    return state
 
 
 def make_progress(context: DistributedContext, total: int) -> Any:

@@ -12,6 +12,7 @@ from scm_calib.data.base import (
     WSOLDataset,
     WSOLSample,
     collate_wsol,
+    load_image,
 )
 from scm_calib.data.cub import CUBDataset, read_cub_classes, read_cub_records
 from scm_calib.data.generated import ensure_generated_dataset, render_object_image
@@ -38,6 +39,7 @@ __all__ = [
     "WSOLSample",
     "collate_wsol",
     "ensure_generated_dataset",
+    "load_image",
     "protocol_boxes",
     "read_cub_classes",
     "read_cub_records",

@@ -9,9 +9,10 @@ protocol boxes and mask) and :func:`collate_wsol` batches samples with different
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PurePosixPath, PureWindowsPath
 from typing import Any
 
 import numpy as np
@@ -230,6 +231,41 @@ class WSOLDataset(torch.utils.data.Dataset):
         """0-based labels of every image, in order (for samplers and class counts)."""
         return [record.label for record in self.records]
 
+    def check_images(self) -> list[str]:
+        """Reads the header of every image (and mask) without decoding the pixels, to find early what
+        ``__getitem__`` would refuse: a missing or unreadable file, a size other than the metadata's, a box
+        entirely outside its image. A file whose pixel data is truncated still passes.
+
+        Returns:
+            One message per image at fault, in order; empty when every image passes.
+        """
+        from PIL import Image
+
+        problems = []
+        for record in self.records:
+            files = [self.image_root / record.path]
+            if self.mask_root is not None:
+                files.append((self.mask_root / record.path).with_suffix(".png"))
+            try:
+                for path in files:
+                    try:
+                        with Image.open(path) as image:
+                            width, height = image.size
+                    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as error:
+                        raise DatasetFormatError(
+                            f"{path} (listed in {record.source}) cannot be read as an image: {error}."
+                        ) from error
+                    if path == files[0]:
+                        if record.size is not None and record.size != (width, height):
+                            raise DatasetFormatError(
+                                f"{record.source}: gives the size of {record.path} as {record.size[0]}x"
+                                f"{record.size[1]} but the image is {width}x{height}."
+                            )
+                        _boxes_in_image(record, width, height)
+            except DatasetFormatError as error:
+                problems.append(str(error))
+        return problems
+
     def __getitem__(self, index: int) -> WSOLSample:
         from torchvision import tv_tensors
 
@@ -241,7 +277,14 @@ class WSOLDataset(torch.utils.data.Dataset):
                 f"{record.source}: gives the size of {record.path} as {record.size[0]}x{record.size[1]} "
                 f"(width x height) but the image is {width}x{height}; fix the metadata or the image."
             )
-        boxes = torch.tensor(record.boxes, dtype=torch.float64).reshape(-1, 4)
+        in_image, clipped = _boxes_in_image(record, width, height)
+        if clipped:
+            warnings.warn(
+                f"{record.source}: a box of {record.path} reaches outside the {width}x{height} image; clipped to "
+                f"{[list(box) for box in in_image]}.",
+                stacklevel=2,
+            )
+        boxes = torch.tensor(in_image, dtype=torch.float64).reshape(-1, 4)
         inputs: list[Any] = [
             tv_tensors.Image(torch.from_numpy(image).permute(2, 0, 1)),
             tv_tensors.BoundingBoxes(boxes.to(torch.float32), format="XYXY", canvas_size=(height, width)),
@@ -273,18 +316,77 @@ class WSOLDataset(torch.utils.data.Dataset):
         )
 
 
-def _read_image(path: Path, record: ImageRecord, mode: str) -> np.ndarray:
-    """Read an image file as a uint8 array, (H, W, 3) for mode "RGB", (H, W) for mode "L"."""
+def _boxes_in_image(record: ImageRecord, width: int, height: int) -> tuple[tuple[Box, ...], bool]:
+    """The record's boxes clipped to the image, ``[0, width] x [0, height]``, and whether any was clipped.
+
+    Raises:
+        DatasetFormatError: a box lies entirely outside the image (a box for another image or another size).
+    """
+    clipped = []
+    for box in record.boxes:
+        x0, y0, x1, y1 = box
+        if x0 >= width or y0 >= height or x1 <= 0 or y1 <= 0:
+            raise DatasetFormatError(
+                f"{record.source}: box {list(box)} of {record.path} lies entirely outside the {width}x{height} "
+                "image; fix the box (x0, y0, x1, y1 in pixels of this image) or remove the image's lines."
+            )
+        clipped.append((max(x0, 0), max(y0, 0), min(x1, width), min(y1, height)))
+    return tuple(clipped), tuple(clipped) != tuple(record.boxes)
+
+
+def parse_image_path(path: Path, number: int, text: str) -> str:
+    """Check an image path of a metadata line: relative to the image folder and staying inside it.
+
+    Raises:
+        DatasetFormatError: an absolute path, a drive, or a ``..`` part, naming the file and line.
+    """
+    posix = PurePosixPath(text.replace("\\", "/"))
+    if posix.is_absolute() or PureWindowsPath(text).drive or ".." in posix.parts:
+        raise DatasetFormatError(
+            f"{path}, line {number}: image path {text!r} leaves the image folder; paths must be relative to it, "
+            "without a leading '/', a drive or '..'."
+        )
+    return text
+
+
+# Pillow's modes of 16-bit grayscale images (PNG, TIFF); "I" is how older Pillow versions read 16-bit PNGs.
+SIXTEEN_BIT_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I")
+
+
+def load_image(path: str | Path, mode: str = "RGB") -> np.ndarray:
+    """Reads an image file as uint8, (H, W, 3) for mode ``"RGB"``, (H, W) for mode ``"L"``.
+
+    16-bit grayscale images are scaled to 8 bits (``value // 257``); Pillow's own conversion would clip every
+    value above 255 to white.
+
+    Args:
+        path: the image file.
+        mode: ``"RGB"`` or ``"L"``.
+
+    Raises:
+        OSError, ValueError, SyntaxError: from Pillow (a missing, corrupt or truncated file).
+        PIL.Image.DecompressionBombError: more than twice Pillow's ``MAX_IMAGE_PIXELS``.
+    """
     try:
         from PIL import Image
     except ImportError as error:
         raise ImportError(
             "scm_calib.data reads images with Pillow; install it with `pip install scm_calib[examples]`."
         ) from error
+    with Image.open(path) as image:
+        if image.mode in SIXTEEN_BIT_MODES:
+            values = np.asarray(image, dtype=np.int64).clip(0, 65535) // 257
+            return np.array(Image.fromarray(values.astype(np.uint8), "L").convert(mode), dtype=np.uint8)
+        return np.array(image.convert(mode), dtype=np.uint8)
+
+
+def _read_image(path: Path, record: ImageRecord, mode: str) -> np.ndarray:
+    """:func:`load_image`, with errors as :class:`DatasetFormatError` naming the image and its metadata line."""
+    from PIL import Image
+
     try:
-        with Image.open(path) as image:
-            return np.array(image.convert(mode), dtype=np.uint8)
-    except (OSError, ValueError, SyntaxError) as error:
+        return load_image(path, mode)
+    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as error:
         raise DatasetFormatError(
             f"{path} (listed in {record.source}) cannot be read as an image: {error}; check that the file exists "
             "and is a valid image, or remove its line."

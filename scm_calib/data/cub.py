@@ -18,6 +18,7 @@ from scm_calib.data.base import (
     ImageRecord,
     WSOLDataset,
     parse_float,
+    parse_image_path,
     parse_int,
     read_lines,
     split_fields,
@@ -92,7 +93,9 @@ def read_cub_records(root: str | Path, split: Literal["train", "test", "all"] = 
             raise DatasetFormatError(
                 f"{images_path}, line {number}: image id {image_id} already listed on line {paths[image_id][1]}."
             )
-        paths[image_id] = (fields[1].strip(), number)
+        paths[image_id] = (parse_image_path(images_path, number, fields[1].strip()), number)
+    if not paths:
+        raise DatasetFormatError(f"{images_path}: lists no images; expected lines '<id> <relative path>'.")
 
     def per_id(name: str, layout: str, count: int) -> dict[int, tuple[list[str], int]]:
         path = root / name

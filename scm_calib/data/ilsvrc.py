@@ -15,6 +15,7 @@ from scm_calib.data.base import (
     ImageRecord,
     WSOLDataset,
     parse_box,
+    parse_image_path,
     parse_int,
     read_lines,
     split_fields,
@@ -48,7 +49,7 @@ def read_ilsvrc_list(list_file: str | Path, *, label_base: int = 0, require_boxe
                 f"{path}, line {number}: expected '{LIST_LAYOUT}' (2 + 4k fields, k >= {int(require_boxes)}), "
                 f"got {len(fields)} fields in {line!r}."
             )
-        image_path = fields[0]
+        image_path = parse_image_path(path, number, fields[0])
         if image_path in seen:
             raise DatasetFormatError(
                 f"{path}, line {number}: {image_path} already listed on line {seen[image_path]}; put all boxes "
@@ -63,6 +64,8 @@ def read_ilsvrc_list(list_file: str | Path, *, label_base: int = 0, require_boxe
             )
         boxes = tuple(parse_box(path, number, fields[i : i + 4]) for i in range(2, len(fields), 4))
         records.append(ImageRecord(path=image_path, label=label, boxes=boxes, source=f"{path}:{number}"))
+    if not records:
+        raise DatasetFormatError(f"{path}: lists no images; expected lines '{LIST_LAYOUT}'.")
     return records
 
 

@@ -18,6 +18,7 @@ from scm_calib.data.base import (
     ImageRecord,
     WSOLDataset,
     parse_box,
+    parse_image_path,
     parse_int,
     read_lines,
     split_fields,
@@ -45,7 +46,9 @@ def read_wsol_metadata(split_dir: str | Path, *, require_boxes: bool = True) -> 
     for number, line in read_lines(ids_path):
         if line in ids:
             raise DatasetFormatError(f"{ids_path}, line {number}: {line} already listed on line {ids[line]}.")
-        ids[line] = number
+        ids[parse_image_path(ids_path, number, line)] = number
+    if not ids:
+        raise DatasetFormatError(f"{ids_path}: lists no images; expected one relative image path per line.")
 
     def known(path: Path, number: int, image_id: str) -> str:
         if image_id not in ids:
