@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import copy
 import math
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import torch
 from torch import nn
@@ -162,6 +162,20 @@ class SCMAdapter(nn.Module):
     def set_grad_checkpointing(self, enable: bool = True) -> None:
         """Gradient checkpointing of the encoder blocks (timm's non-reentrant checkpoint keeps attention grads)."""
         self.encoder.set_grad_checkpointing(enable)
+
+    def group_matcher(self, coarse: bool = False) -> dict[str, Any]:
+        """timm's parameter groups (for layer-wise lr decay): the encoder's groups, then the head and SCM last."""
+
+        def prefixed(pattern: str) -> str:
+            return rf"^encoder\.(?:{pattern.removeprefix('^')})"
+
+        groups: dict[str, Any] = {}
+        for name, spec in self.encoder.group_matcher(coarse).items():
+            if isinstance(spec, (list, tuple)):
+                groups[name] = [(prefixed(pattern), suffix) for pattern, suffix in spec]
+            else:
+                groups[name] = prefixed(spec)
+        return groups
 
     def no_weight_decay(self) -> set[str]:
         """Parameter names to exclude from weight decay: the encoder's (timm) and SCM's scalars."""

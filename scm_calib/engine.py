@@ -291,6 +291,7 @@ def evaluate(
     context: DistributedContext,
     image_size: tuple[int, int],
     protocol: str = "wsol",
+    centre_prior: bool = False,
 ) -> dict[str, Any]:
     """Box and localization metrics of a model on a dataset (each process feeds its own shard).
 
@@ -303,15 +304,18 @@ def evaluate(
         context: the process's place in the job.
         protocol: ``"wsol"``, ``"scm"`` or ``"tscam"`` (see :mod:`scm_calib.metrics`).
         image_size: (H, W) of the input images, the size the maps are resized to.
+        centre_prior: also score :func:`centre_prior_map` (the same map for every image, with the model's
+            class predictions for Top-k Loc): the reference a map must beat to say anything about the image.
 
     Returns:
         The dicts of :meth:`~scm_calib.metrics.BoxAccuracy.compute` and
         :meth:`~scm_calib.metrics.LocalizationAccuracy.compute` merged (``best_tau`` is GT-known Loc's;
-        MaxBoxAcc's is ``best_tau/MaxBoxAcc``).
+        MaxBoxAcc's is ``best_tau/MaxBoxAcc``); with ``centre_prior``, the centre prior's under ``"centre_prior"``.
     """
     model = unwrap(model)
-    boxes = BoxAccuracy(protocol, size=image_size)
-    localization = LocalizationAccuracy(protocol, size=image_size)
+    scorers = {"model": _Scorers(protocol, image_size)}
+    if centre_prior:
+        scorers["centre_prior"] = _Scorers(protocol, image_size)
     device = context.device
     for batch in loader:
         if batch.boxes_protocol is None:
@@ -324,10 +328,50 @@ def evaluate(
         top = result.logits.float().topk(k, dim=1).indices
         maps_topk = torch.gather(maps, 1, top[:, :, None, None].expand(-1, -1, *maps.shape[2:]))
         maps_gt = maps[torch.arange(maps.shape[0], device=device), batch.labels]
-        boxes.update(maps_gt, batch.boxes_protocol)
-        localization.update(result.logits.float(), batch.labels, batch.boxes_protocol, maps_topk, maps_gt)
-    boxes.sync()
-    localization.sync()
-    box_metrics = boxes.compute()
-    box_metrics["best_tau/MaxBoxAcc"] = box_metrics.pop("best_tau")
-    return {**box_metrics, **localization.compute()}
+        scorers["model"].update(result.logits.float(), batch.labels, batch.boxes_protocol, maps_topk, maps_gt)
+        if centre_prior:
+            prior = centre_prior_map(maps.shape[-2:], device).expand_as(maps_gt)
+            prior_topk = prior[:, None].expand_as(maps_topk)
+            scorers["centre_prior"].update(result.logits.float(), batch.labels, batch.boxes_protocol, prior_topk, prior)
+    metrics = scorers.pop("model").compute()
+    for name, scorer in scorers.items():
+        metrics[name] = scorer.compute()
+    return metrics
+
+
+def centre_prior_map(size: tuple[int, int] | torch.Size, device: torch.device | str = "cpu") -> torch.Tensor:
+    """A centred Gaussian (standard deviation a quarter of each side), the same for every image: (1, h, w).
+
+    Its level sets are the ellipses centred in the image, so any box metric that sweeps the threshold scores
+    every centred box of the image's aspect; a map that localizes must beat it.
+    """
+    h, w = int(size[0]), int(size[1])
+    ys = (torch.arange(h, device=device, dtype=torch.float32) + 0.5) / h - 0.5
+    xs = (torch.arange(w, device=device, dtype=torch.float32) + 0.5) / w - 0.5
+    return torch.exp(-(ys[:, None] ** 2 + xs[None, :] ** 2) / (2 * 0.25**2))[None]
+
+
+class _Scorers:
+    """The box and localization metrics of one kind of map, summed over processes at ``compute``."""
+
+    def __init__(self, protocol: str, image_size: tuple[int, int]) -> None:
+        self.boxes = BoxAccuracy(protocol, size=image_size)
+        self.localization = LocalizationAccuracy(protocol, size=image_size)
+
+    def update(
+        self,
+        logits: torch.Tensor,
+        labels: torch.Tensor,
+        gt_boxes: list[torch.Tensor],
+        maps_topk: torch.Tensor,
+        maps_gt: torch.Tensor,
+    ) -> None:
+        self.boxes.update(maps_gt, gt_boxes)
+        self.localization.update(logits, labels, gt_boxes, maps_topk, maps_gt)
+
+    def compute(self) -> dict[str, Any]:
+        self.boxes.sync()
+        self.localization.sync()
+        box_metrics = self.boxes.compute()
+        box_metrics["best_tau/MaxBoxAcc"] = box_metrics.pop("best_tau")
+        return {**box_metrics, **self.localization.compute()}

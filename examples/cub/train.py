@@ -18,28 +18,40 @@ import math
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import timm
 import torch
-from config import PRESETS, TrainConfig, load_config_file
+from config import DOCUMENTED_RESULTS, PRESETS, TrainConfig, load_config_file
 from timm.optim import create_optimizer_v2
 from timm.scheduler import create_scheduler_v2
 from torch import nn
 
-from scm_calib import CheckpointError, SCMAdapter, UnsupportedModelError, localization_maps, save_weights, viz
+from scm_calib import (
+    CheckpointError,
+    SCMAdapter,
+    UnsupportedModelError,
+    box_iou,
+    load_weights,
+    localization_maps,
+    resize_maps,
+    save_weights,
+    semantic_and_attention,
+)
 from scm_calib.boxes import boxes_from_maps
 from scm_calib.data import (
-    IMAGENET_MEAN,
-    IMAGENET_STD,
     CUBDataset,
     DatasetFormatError,
     WSOLMetadataDataset,
     collate_wsol,
     ensure_generated_dataset,
+    load_image,
     wsol_train_transform,
 )
+from scm_calib.data.generated import FAMILIES
 from scm_calib.engine import (
     DistributedContext,
     evaluate,
@@ -53,6 +65,7 @@ from scm_calib.engine import (
     train_one_epoch,
     without_calibration,
 )
+from scm_calib.pretrained import WEIGHTS_FILE
 
 CHECKPOINT = "checkpoint.pt"
 
@@ -74,7 +87,8 @@ def parse_args(argv: list[str] | None = None) -> tuple[TrainConfig, str | None]:
     parser.add_argument("--preset", choices=sorted(PRESETS), help="default: cub with --data-root, else generated")
     parser.add_argument("--config", help="JSON file of settings (the fields of config.TrainConfig)")
     parser.add_argument("--data-root", dest="data_root", help="CUB_200_2011-like folder (default: generated data)")
-    parser.add_argument("--data-cache", dest="data_cache", help="folder of the generated dataset")
+    parser.add_argument("--data-cache", dest="data_cache", help="folder of the generated datasets")
+    parser.add_argument("--data-family", dest="data_family", choices=FAMILIES, help="generated data family")
     parser.add_argument("--model", help="timm model name")
     parser.add_argument("--model-kwargs", dest="model_kwargs", type=json.loads, help="JSON timm.create_model kwargs")
     parser.add_argument("--pretrained", action="store_true", help="timm pretrained weights from the hub")
@@ -88,6 +102,7 @@ def parse_args(argv: list[str] | None = None) -> tuple[TrainConfig, str | None]:
     parser.add_argument("--batch-size", dest="batch_size", type=int, help="per process")
     parser.add_argument("--accumulation", type=int, help="micro-batches per optimizer update")
     parser.add_argument("--lr", type=float)
+    parser.add_argument("--layer-decay", dest="layer_decay", type=float, help="layer-wise lr decay of the encoder")
     parser.add_argument("--weight-decay", dest="weight_decay", type=float)
     parser.add_argument("--drop-path", dest="drop_path", type=float)
     parser.add_argument("--sched", help="timm scheduler name (cosine, step, multistep, ...)")
@@ -129,9 +144,9 @@ def load_datasets(config: TrainConfig, context: DistributedContext) -> dict[str,
         SetupError: the data root does not exist or is not a CUB-like folder.
     """
     if config.data_root is None:
-        root = Path(config.data_cache) / "default"
+        root = Path(config.data_cache) / config.data_family
         if context.is_main:
-            ensure_generated_dataset(root)
+            ensure_generated_dataset(root, family=config.data_family)
         if context.distributed:
             torch.distributed.barrier()
     else:
@@ -178,19 +193,20 @@ def build_model(config: TrainConfig, num_classes: int) -> SCMAdapter:
     if not timm.is_model(config.model):
         close = timm.list_models(f"*{config.model.split('_')[0]}*")[:5]
         raise SetupError(f"--model {config.model!r} is not a timm model; similar names: {close or 'none'}.")
-    if config.checkpoint is not None and not Path(config.checkpoint).is_file():
-        raise SetupError(f"--checkpoint {config.checkpoint} does not exist; pass a timm .pth/.safetensors file.")
+    checkpoint = WEIGHTS_FILE if config.checkpoint == "shipped" else config.checkpoint
+    if checkpoint is not None and not Path(checkpoint).is_file():
+        raise SetupError(f"--checkpoint {checkpoint} does not exist; pass a timm .pth/.safetensors file.")
     try:
         encoder = timm.create_model(
             config.model,
-            pretrained=config.pretrained and config.checkpoint is None,  # --checkpoint replaces the hub's weights
+            pretrained=config.pretrained and checkpoint is None,  # --checkpoint replaces the hub's weights
             num_classes=num_classes,
             img_size=config.image_size,
             drop_path_rate=config.drop_path,
             **config.model_kwargs,
         )
-        if config.checkpoint is not None:
-            load_encoder_checkpoint(encoder, Path(config.checkpoint))
+        if checkpoint is not None:
+            load_encoder_checkpoint(encoder, Path(checkpoint))
     except TypeError as err:
         raise SetupError(
             f"timm.create_model({config.model!r}, ...) rejected the arguments ({err}); SCM needs a timm Vision "
@@ -275,6 +291,8 @@ def summarize(val: dict[str, Any] | None, test: dict[str, Any], protocol: str) -
     the thresholds chosen on it (the principled report)."""
     scalars = {k: v for k, v in test.items() if isinstance(v, (int, float))}
     summary: dict[str, Any] = {"protocol": protocol, "test": scalars}
+    if "centre_prior" in test:
+        summary["centre_prior"] = {k: v for k, v in test["centre_prior"].items() if isinstance(v, (int, float))}
     if val is not None and protocol != "tscam":
         taus = test["thresholds"]
         at = {name: int((taus - val[f"best_tau@{name}"]).abs().argmin()) for name in ("30", "50", "70")}
@@ -288,6 +306,27 @@ def summarize(val: dict[str, Any] | None, test: dict[str, Any], protocol: str) -
             "tau": float(taus[index]),
         }
     return summary
+
+
+def report(config: TrainConfig, summary: dict[str, Any], run_dir: Path) -> str:
+    """The closing table: this run's test metrics next to the centre prior's (same run) and, for the generated
+    data, the documented runs of docs/results.md (SCM and its baseline, mean of 3 seeds)."""
+    columns = ("MaxBoxAccV2", "MaxBoxAcc", "GTKnownLoc", "Top1Loc", "Top1Cls")
+    rows = [(f"this run ({'baseline' if config.baseline else 'SCM'}), best tau on test", summary["test"])]
+    if "test_at_val_tau" in summary:
+        rows.append(("this run, tau chosen on the held-out val split", summary["test_at_val_tau"]))
+    if "centre_prior" in summary:
+        rows.append(("centred Gaussian map (ignores the image), best tau", summary["centre_prior"]))
+    documented = DOCUMENTED_RESULTS.get(config.data_family) if config.data_root is None else None
+    for method, values in (documented or {}).items():
+        rows.append((f"{method}, docs/results.md (3 seeds, mean)", values))
+    width = max(len(label) for label, _ in rows)
+    lines = [f"test split, {config.protocol} protocol (%)", f"{'':<{width}}  " + "  ".join(f"{c:>11}" for c in columns)]
+    for label, values in rows:
+        cells = (f"{values[c]:>11.1f}" if c in values else f"{'-':>11}" for c in columns)
+        lines.append(f"{label:<{width}}  " + "  ".join(cells))
+    lines.append(f"run folder: {run_dir} (metrics.json, overlays/, model_stripped.safetensors)")
+    return "\n".join(lines)
 
 
 def save_curves(history: list[dict[str, float]], path: Path) -> None:
@@ -311,51 +350,110 @@ def save_curves(history: list[dict[str, float]], path: Path) -> None:
     plt.close(figure)
 
 
-def save_overlay(
-    image: torch.Tensor, score_map: torch.Tensor, pred: torch.Tensor, gt: torch.Tensor | None, path: Path
-) -> None:
-    """Map over image with predicted (green) and ground-truth (red) boxes, enlarged to at least 224 px.
+def save_overlay(panels: list[dict[str, Any]], image: np.ndarray, gt: torch.Tensor, path: Path) -> None:
+    """One test image at its own aspect, one panel per model (e.g. SCM and its baseline side by side): the map
+    over the image, the ground-truth box (red), the predicted box (green), and the classes and IoU in the title.
 
     Args:
-        image: (3, H, W) float in [0, 1] or uint8.
-        score_map: (H, W) localization map at image resolution.
-        pred: (N, 4) predicted boxes in pixels of the image.
-        gt: (K, 4) ground-truth boxes, or None.
+        panels: per model, ``{"title", "map": (H, W) at the image's size, "boxes": (N, 4), "iou": float}``.
+        image: (H, W, 3) uint8, the original image.
+        gt: (K, 4) ground-truth boxes in pixels of the original image.
         path: the PNG to write.
     """
-    if image.dtype == torch.uint8:
-        image = image.float() / 255
-    scale = max(1, math.ceil(224 / image.shape[-1]))
-    big = image.repeat_interleave(scale, dim=-1).repeat_interleave(scale, dim=-2)
-    big_map = score_map.repeat_interleave(scale, dim=-1).repeat_interleave(scale, dim=-2)
-    upscale = (lambda boxes: boxes * scale + torch.tensor([0, 0, scale - 1, scale - 1])) if scale > 1 else None
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib.lines import Line2D
+    from matplotlib.patches import Rectangle
+
+    height, width = image.shape[:2]
+    panel = 4.0 / max(height, width)
+    figure, axes = plt.subplots(
+        1, len(panels), figsize=(panel * width * len(panels) + 0.2, panel * height + 0.9), squeeze=False
+    )
+    for axis, found in zip(axes[0], panels, strict=True):
+        axis.imshow(image)
+        axis.imshow(
+            found["map"].numpy(), cmap="jet", alpha=0.45, vmin=float(found["map"].min()), vmax=float(found["map"].max())
+        )
+        for boxes, colour in ((gt, "red"), (found["boxes"], "lime")):
+            for x0, y0, x1, y1 in boxes.tolist():
+                axis.add_patch(Rectangle((x0, y0), x1 - x0, y1 - y0, fill=False, edgecolor=colour, linewidth=2))
+        axis.set_title(found["title"], fontsize=8)
+        axis.axis("off")
+    handles = [
+        Line2D([], [], color="red", lw=2, label="ground truth"),
+        Line2D([], [], color="lime", lw=2, label="prediction"),
+    ]
+    figure.legend(handles=handles, loc="lower center", ncol=2, fontsize=8, frameon=False)
+    figure.tight_layout(rect=(0, 0.05, 1, 1))
     path.parent.mkdir(parents=True, exist_ok=True)
-    pred_big = pred.cpu() if upscale is None else upscale(pred.cpu())
-    gt_big = None if gt is None else gt.cpu() if upscale is None else upscale(gt.cpu())
-    viz.save_png(path, viz.overlay(big_map, big, pred_boxes=pred_big, gt_boxes=gt_big))
+    figure.savefig(path, dpi=100)
+    plt.close(figure)
 
 
 def write_figures(
-    run_dir: Path, adapter: SCMAdapter, history: list[dict[str, float]], test_set: Any, count: int, tau: float
+    run_dir: Path,
+    models: dict[str, nn.Module],
+    history: list[dict[str, float]],
+    test_set: Any,
+    count: int,
+    tau: float,
 ) -> None:
-    """Training curves and, for ``count`` test images spread over the set, the top-1 map with its box at ``tau``
-    (green) and the ground truth (red)."""
+    """Training curves and, for ``count`` test images spread over the set, each model's top-1 map with its box at
+    ``tau`` next to the ground truth, at the image's own aspect (``overlays/<index>_<name>.png``).
+
+    Args:
+        models: display name -> model (this run's, and its SCM or baseline twin when that run exists).
+    """
     save_curves(history, run_dir / "curves.png")
     if count <= 0:
         return
     indices = torch.linspace(0, len(test_set) - 1, min(count, len(test_set))).round().long().tolist()
     batch = collate_wsol([test_set[i] for i in indices])
-    maps = localization_maps(adapter, batch.images, "top1", size="input")
-    found = boxes_from_maps(maps, thresholds=[tau], largest_only=True, holes=False)
-    mean = torch.tensor(IMAGENET_MEAN)[:, None, None]
-    std = torch.tensor(IMAGENET_STD)[:, None, None]
+    names = test_set.class_names
+    results = {}
+    for title, model in models.items():
+        with torch.no_grad():
+            logits = semantic_and_attention(model, batch.images).logits
+        results[title] = (logits.argmax(dim=1), localization_maps(model, batch.images, "top1"))
     for row, index in enumerate(indices):
-        image = (batch.images[row] * std + mean).clamp(0, 1)
-        pred = found.boxes[found.batch_index == row]
-        name = Path(batch.paths[row]).stem
-        save_overlay(
-            image, maps[row], pred, batch.boxes_protocol[row], run_dir / "overlays" / f"{index:05d}_{name}.png"
-        )
+        record = test_set.records[index]
+        image = load_image(test_set.image_root / record.path)
+        gt = torch.tensor(record.boxes, dtype=torch.float32).reshape(-1, 4)
+        panels = []
+        for title, (predicted, maps) in results.items():
+            score_map = resize_maps(maps[row : row + 1].float(), image.shape[:2], "bilinear")[0]
+            found = boxes_from_maps(score_map[None], thresholds=[tau], largest_only=True, holes=False)
+            iou = float(box_iou(found.boxes.float(), gt).max()) if len(found.boxes) and len(gt) else 0.0
+            label = int(predicted[row])
+            verdict = "right" if label == record.label else f"wrong, truth {names[record.label]}"
+            panels.append(
+                {
+                    "title": f"{title}: {names[label]} ({verdict})\nIoU {iou:.2f} at tau {tau:.2f}",
+                    "map": score_map,
+                    "boxes": found.boxes,
+                    "iou": iou,
+                }
+            )
+        save_overlay(panels, image, gt, run_dir / "overlays" / f"{index:05d}_{Path(record.path).stem}.png")
+
+
+def twin_model(config: TrainConfig, num_classes: int) -> tuple[str, nn.Module] | None:
+    """The stripped model of this run's twin (the same settings with SCM switched the other way), if it exists."""
+    if config.name is not None:
+        return None
+    twin = replace(config, baseline=not config.baseline)
+    path = Path(config.output) / twin.run_name / "model_stripped.safetensors"
+    if not path.is_file():
+        return None
+    try:
+        model = build_model(twin, num_classes).strip()
+        load_weights(model, path)
+    except (SetupError, CheckpointError):
+        return None
+    return ("baseline" if twin.baseline else "SCM"), model.eval()
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -401,7 +499,9 @@ def run(config: TrainConfig, resume: str | None = None) -> dict[str, Any]:
     adapter = build_model(config, num_classes).to(context.device)
     shard_size = math.ceil(len(datasets["train"]) / context.world_size)
     updates_per_epoch = math.ceil(math.ceil(shard_size / config.batch_size) / config.accumulation)
-    optimizer = create_optimizer_v2(adapter, "adamw", lr=config.lr, weight_decay=config.weight_decay)
+    optimizer = create_optimizer_v2(
+        adapter, "adamw", lr=config.lr, weight_decay=config.weight_decay, layer_decay=config.layer_decay
+    )
     scheduler, _ = create_scheduler_v2(
         optimizer,
         config.sched,
@@ -487,21 +587,22 @@ def run(config: TrainConfig, resume: str | None = None) -> dict[str, Any]:
     with reported_as_setup_error(f"evaluation stopped ({run_dir} holds the trained model; --resume evaluates it)"):
         if "val" in datasets:
             val = evaluate(model, eval_loader(datasets["val"], config, context), context, size, config.protocol)
-        test = evaluate(model, eval_loader(datasets["test"], config, context), context, size, config.protocol)
+        test = evaluate(
+            model, eval_loader(datasets["test"], config, context), context, size, config.protocol, centre_prior=True
+        )
     summary = summarize(val, test, config.protocol)
     summary["history"] = history
     if context.is_main:
         (run_dir / "metrics.json").write_text(json.dumps(summary, indent=1), encoding="utf-8")
         tau = summary.get("test_at_val_tau", {}).get("tau", test["best_tau"])
-        write_figures(run_dir, adapter, history, datasets["test"], config.overlays, tau)
-        headline = ("MaxBoxAccV2", "MaxBoxAcc", "GTKnownLoc", "Top1Loc", "Top5Loc", "Top1Cls", "Top5Cls")
-        report = {
-            "run": str(run_dir),
-            "test": {k: round(summary["test"][k], 2) for k in headline if k in summary["test"]},
-        }
-        if "test_at_val_tau" in summary:
-            report["test_at_val_tau"] = {k: round(v, 2) for k, v in summary["test_at_val_tau"].items()}
-        print(json.dumps(report, indent=1))
+        models: dict[str, nn.Module] = {"baseline" if config.baseline else "SCM": adapter}
+        twin = twin_model(config, num_classes) if config.overlays > 0 else None
+        if twin is not None:
+            models[twin[0]] = twin[1]
+        write_figures(
+            run_dir, dict(sorted(models.items(), reverse=True)), history, datasets["test"], config.overlays, tau
+        )
+        print(report(config, summary, run_dir))
     return summary
 
 

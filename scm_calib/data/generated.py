@@ -435,7 +435,7 @@ def _render_blobs(
     def blob(radius: float) -> tuple[dict, float]:
         wobble = np.stack([rng.uniform(-0.18, 0.18, size=3), rng.uniform(0, 2 * np.pi, size=3)], axis=1)
         shape = {"radius": radius, "angle": rng.uniform(0, np.pi), "aspect": rng.uniform(0.55, 0.9), "wobble": wobble}
-        return shape, radius * 1.55
+        return shape, radius * 1.3
 
     def draw(shape: dict, cx: float, cy: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         return _star_convex(xs, ys, cx, cy, shape["radius"], shape["angle"], shape["aspect"], shape["wobble"])
@@ -445,7 +445,7 @@ def _render_blobs(
         stripes = np.sin((u * np.cos(rng.uniform(0, np.pi)) + v) * rng.uniform(6, 12))[..., None]
         image[mask] = (base + 18 * stripes)[mask] + rng.normal(0.0, 5.0, size=(int(mask.sum()), 3))
 
-    body, extent = blob(scale * rng.uniform(0.2, 0.3))
+    body, extent = blob(scale * rng.uniform(0.13, 0.24))
     centre = _fit_centre(rng, width, height, extent)
     object_box = (centre[0] - extent, centre[1] - extent, centre[0] + extent, centre[1] + extent)
     for _ in range(int(rng.integers(0, 2))):
