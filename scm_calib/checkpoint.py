@@ -120,9 +120,10 @@ def _read(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
         head = f.read(9)
     if not head:
         raise CheckpointError(f"checkpoint {path} is empty: its write did not finish; save it again.")
-    if head.startswith(_TORCH_MAGIC):
+    is_safetensors = len(head) == 9 and head[8:9] == b"{"  # 8-byte header length, then the JSON header
+    if not is_safetensors and head.startswith(_TORCH_MAGIC):
         return _read_torch(path), {}
-    if len(head) < 9 or head[8:9] != b"{":
+    if not is_safetensors:
         raise CheckpointError(
             f"{path} is neither a safetensors file nor a torch.save file (it starts with {head!r}); pass a file "
             "written by save_weights or by torch.save(model.state_dict(), path)."

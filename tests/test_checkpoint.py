@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from torch import nn
 from conftest import tiny_input, tiny_model
 
 from scm_calib import CheckpointError, SCMAdapter, load_weights, save_weights
@@ -147,3 +148,22 @@ def test_stale_temporary_files_are_removed(tmp_path):
         path.write_bytes(b"half")
     save_weights(SCMAdapter(tiny_model("vit")), target)
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted([target.name, running.name, other.name])
+
+
+@pytest.mark.parametrize("header_bytes", [0x2280, 0x4B50])  # low bytes equal to the pickle / zip magic's first byte
+def test_safetensors_whose_header_length_looks_like_a_torch_magic(tmp_path, header_bytes):
+    # A safetensors file starts with its header's length (8 bytes, little-endian); a length whose first byte is
+    # 0x80 (pickle's PROTO) or 'PK' must still be read as safetensors.
+    path = tmp_path / "w.safetensors"
+    tensors = {"w": torch.arange(6.0)}
+    save_weights(nn.ParameterDict({"w": nn.Parameter(tensors["w"])}), path, metadata={"pad": "x" * 4000})
+    raw = path.read_bytes()
+    length = int.from_bytes(raw[:8], "little")
+    pad = header_bytes - length
+    assert pad >= 0
+    header = raw[8 : 8 + length].decode().replace('"pad":"', '"pad":"' + "y" * pad, 1)
+    path.write_bytes(header_bytes.to_bytes(8, "little") + header.encode() + raw[8 + length :])
+    assert path.read_bytes()[:1] in (b"\x80", b"P")
+    module = nn.ParameterDict({"w": nn.Parameter(torch.zeros(6))})
+    load_weights(module, path)
+    assert torch.equal(module["w"], tensors["w"])

@@ -38,10 +38,11 @@ def tiny_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def tiny_config(data: Path, output: Path, **overrides: object) -> cub_config.TrainConfig:
-    """The generated preset shrunk to seconds: a 1-block, 32-wide ViT on 32 px inputs."""
+    """The generated preset shrunk to seconds: a 1-block, 32-wide ViT from scratch on 32 px inputs."""
     values = dict(
         data_root=str(data),
         model_kwargs=TINY_MODEL,
+        checkpoint=None,
         image_size=32,
         epochs=1,
         batch_size=4,

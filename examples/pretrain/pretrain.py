@@ -28,7 +28,7 @@ import torch.nn.functional as F
 from timm.optim import create_optimizer_v2
 from timm.scheduler import CosineLRScheduler
 
-from scm_calib.checkpoint import save_weights
+from scm_calib.checkpoint import load_weights, save_weights
 from scm_calib.data import IMAGENET_MEAN, IMAGENET_STD
 from scm_calib.data.shapes import num_shape_classes, render_shapes
 from scm_calib.engine import load_checkpoint, save_checkpoint
@@ -73,6 +73,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--workers", type=int, default=1, help="processes drawing the images")
     parser.add_argument("--save-every", type=int, default=250)
     parser.add_argument("--resume", action="store_true", help="continue from <out>.state.pt")
+    parser.add_argument("--init", help="start from these weights (a new schedule: a warm restart), not at random")
     args = parser.parse_args()
     for name in ("steps", "batch_size", "size", "final_size", "save_every"):
         if getattr(args, name) < 1:
@@ -109,6 +110,8 @@ def main() -> None:
         t_in_epochs=False,
     )
     start = 0
+    if args.init is not None:
+        load_weights(model, args.init)
     if args.resume:
         state = load_checkpoint(state_path)
         model.load_state_dict(state["model"])
