@@ -428,10 +428,10 @@ def write_figures(
             found = boxes_from_maps(score_map[None], thresholds=[tau], largest_only=True, holes=False)
             iou = float(box_iou(found.boxes.float(), gt).max()) if len(found.boxes) and len(gt) else 0.0
             label = int(predicted[row])
-            verdict = "right" if label == record.label else f"wrong, truth {names[record.label]}"
+            verdict = "right" if label == record.label else f"wrong; truth {names[record.label]}"
             panels.append(
                 {
-                    "title": f"{title}: {names[label]} ({verdict})\nIoU {iou:.2f} at tau {tau:.2f}",
+                    "title": f"{title}: IoU {iou:.2f} at tau {tau:.2f}\npredicted {names[label]}\n({verdict})",
                     "map": score_map,
                     "boxes": found.boxes,
                     "iou": iou,
@@ -599,9 +599,8 @@ def run(config: TrainConfig, resume: str | None = None) -> dict[str, Any]:
         twin = twin_model(config, num_classes) if config.overlays > 0 else None
         if twin is not None:
             models[twin[0]] = twin[1]
-        write_figures(
-            run_dir, dict(sorted(models.items(), reverse=True)), history, datasets["test"], config.overlays, tau
-        )
+        models = dict(sorted(models.items(), key=lambda item: item[0] != "SCM"))  # SCM first
+        write_figures(run_dir, models, history, datasets["test"], config.overlays, tau)
         print(report(config, summary, run_dir))
     return summary
 
