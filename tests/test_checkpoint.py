@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 import torch
-from torch import nn
 from conftest import tiny_input, tiny_model
+from torch import nn
 
 from scm_calib import CheckpointError, SCMAdapter, load_weights, save_weights
 from scm_calib.checkpoint import atomic_write

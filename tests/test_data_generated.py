@@ -178,3 +178,32 @@ def test_train_samples_batch_through_a_dataloader(small_root: Path) -> None:
     batches = list(loader)
     assert sum(len(batch.paths) for batch in batches) == 12
     assert batches[0].boxes_protocol is None and batches[0].masks.dtype == torch.bool
+
+
+@pytest.mark.parametrize("family", generated.FAMILIES)
+def test_every_family_draws_a_deterministic_object_inside_the_image(family: str) -> None:
+    low, high = generated.FAMILY_SIZES[family]
+    for label in range(10):
+        image, mask = render_object_image(np.random.default_rng([3, label]), label, 10, low, high, family=family)
+        again, _ = render_object_image(np.random.default_rng([3, label]), label, 10, low, high, family=family)
+        assert np.array_equal(image, again)
+        assert image.dtype == np.uint8 and image.shape[:2] == mask.shape
+        assert low <= min(mask.shape) and max(mask.shape) <= high
+        rows, cols = np.nonzero(mask.any(axis=1))[0], np.nonzero(mask.any(axis=0))[0]
+        assert mask.sum() > 50 and rows[0] > 0 and cols[0] > 0
+        assert rows[-1] < mask.shape[0] - 1 and cols[-1] < mask.shape[1] - 1
+
+
+def test_a_family_dataset_is_refused_for_another_family(tmp_path: Path) -> None:
+    root = ensure_generated_dataset(tmp_path / "blobs", family="blobs", **SMALL)
+    assert "band_hue" in (root / "classes.txt").read_text()
+    with pytest.raises(FileExistsError, match="blobs"):
+        ensure_generated_dataset(root, **SMALL)
+    with pytest.raises(ValueError, match="unknown data family"):
+        ensure_generated_dataset(tmp_path / "x", family="birds", **SMALL)
+
+
+def test_no_held_out_images_writes_no_val_metadata(tmp_path: Path) -> None:
+    root = ensure_generated_dataset(tmp_path / "d", **{**SMALL, "val_per_class": 0})
+    assert not (root / "wsol_metadata" / "val").exists()
+    assert (root / "wsol_metadata" / "test" / "image_ids.txt").read_text().strip()

@@ -219,6 +219,8 @@ def _write_dataset(out: Path, spec: _Spec) -> None:
     classes = [f"{label + 1} {_class_dir(label, spec.num_classes, spec.family)}" for label in range(spec.num_classes)]
     (out / "classes.txt").write_text("".join(f"{line}\n" for line in classes), encoding="utf-8")
     for split, files in metadata.items():
+        if not files["image_ids"]:
+            continue  # no images of this split (e.g. val_per_class=0): no metadata folder, as if it were absent
         (out / "wsol_metadata" / split).mkdir(parents=True)
         for name, text_lines in files.items():
             path = out / "wsol_metadata" / split / f"{name}.txt"
