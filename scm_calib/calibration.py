@@ -180,8 +180,9 @@ class SCM(nn.Module):
         beta_init: Initial ``beta`` of every block.
         eps: Numerical lower bound (cosine similarity norm, ``max a``, min-max range).
         beta_min: Lower bound of ``beta`` in the gate.
-        backend: Diffusion backend, ``"auto"`` (Triton on CUDA when available, else torch), ``"torch"``
-            or ``"triton"``.
+        backend: Diffusion backend, ``"auto"`` (torch, except float32 on CUDA, where the Triton operator is
+            used once a self-check on the device has found it equal to torch and faster; see
+            :func:`scm_calib.ops.select_backend`), ``"torch"`` or ``"triton"``.
 
     Raises:
         ValueError: an impossible value (``alpha``, ``beta_init``, ``eps`` or ``beta_min`` not positive and

@@ -253,10 +253,8 @@ def render_object_image(
         return _render_blobs(rng, label, num_classes, min_size, max_size)
     if family == "marker":
         return _render_marker(rng, label, num_classes, min_size, max_size)
-    width, height = (int(side) for side in rng.integers(min_size, max_size + 1, size=2))
-    ys, xs = np.mgrid[0:height, 0:width].astype(np.float32) + 0.5
-    image = _background(rng, xs, ys)
-    scale = min(width, height)
+    xs, ys, image, scale = _canvas(rng, min_size, max_size)
+    height, width = xs.shape
 
     body = _body_shape(rng, scale)
     head_radius = body["minor"] * rng.uniform(0.5, 0.7)
@@ -291,6 +289,13 @@ def render_object_image(
     head_colour = np.array(colorsys.hsv_to_rgb(hue, rng.uniform(0.8, 1.0), rng.uniform(0.8, 1.0))) * 255
     _paint(image, head_mask, head_colour, rng)
     return np.clip(image, 0, 255).round().astype(np.uint8), body_mask | head_mask
+
+
+def _canvas(rng: np.random.Generator, min_size: int, max_size: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, int]:
+    """A random image size in [min_size, max_size]: pixel-centre grids xs, ys (H, W), its background, shorter side."""
+    width, height = (int(side) for side in rng.integers(min_size, max_size + 1, size=2))
+    ys, xs = np.mgrid[0:height, 0:width].astype(np.float32) + 0.5
+    return xs, ys, _background(rng, xs, ys), min(width, height)
 
 
 def _background(rng: np.random.Generator, xs: np.ndarray, ys: np.ndarray) -> np.ndarray:
@@ -429,10 +434,8 @@ def _render_blobs(
     rng: np.random.Generator, label: int, num_classes: int, min_size: int, max_size: int
 ) -> tuple[np.ndarray, np.ndarray]:
     """The ``"blobs"`` family: a striped irregular blob with a class-hued band across it."""
-    width, height = (int(side) for side in rng.integers(min_size, max_size + 1, size=2))
-    ys, xs = np.mgrid[0:height, 0:width].astype(np.float32) + 0.5
-    image = _background(rng, xs, ys)
-    scale = min(width, height)
+    xs, ys, image, scale = _canvas(rng, min_size, max_size)
+    height, width = xs.shape
 
     def blob(radius: float) -> tuple[dict, float]:
         wobble = np.stack([rng.uniform(-0.18, 0.18, size=3), rng.uniform(0, 2 * np.pi, size=3)], axis=1)
@@ -498,10 +501,8 @@ def _render_marker(
     rng: np.random.Generator, label: int, num_classes: int, min_size: int, max_size: int
 ) -> tuple[np.ndarray, np.ndarray]:
     """The ``"marker"`` family: a rounded, shaded slab with a class-shaped marker near one end."""
-    width, height = (int(side) for side in rng.integers(min_size, max_size + 1, size=2))
-    ys, xs = np.mgrid[0:height, 0:width].astype(np.float32) + 0.5
-    image = _background(rng, xs, ys)
-    scale = min(width, height)
+    xs, ys, image, scale = _canvas(rng, min_size, max_size)
+    height, width = xs.shape
 
     def slab(half_long: float) -> dict:
         return {"a": half_long, "b": half_long * rng.uniform(0.45, 0.7), "angle": rng.uniform(0, np.pi)}
