@@ -370,7 +370,11 @@ def save_overlay(panels: list[dict[str, Any]], image: np.ndarray, gt: torch.Tens
     height, width = image.shape[:2]
     panel = 4.0 / max(height, width)
     figure, axes = plt.subplots(
-        1, len(panels), figsize=(panel * width * len(panels) + 0.2, panel * height + 0.9), squeeze=False
+        1,
+        len(panels),
+        figsize=(panel * width * len(panels) + 0.2, panel * height + 1.1),
+        squeeze=False,
+        layout="constrained",
     )
     for axis, found in zip(axes[0], panels, strict=True):
         axis.imshow(image)
@@ -386,8 +390,7 @@ def save_overlay(panels: list[dict[str, Any]], image: np.ndarray, gt: torch.Tens
         Line2D([], [], color="red", lw=2, label="ground truth"),
         Line2D([], [], color="lime", lw=2, label="prediction"),
     ]
-    figure.legend(handles=handles, loc="lower center", ncol=2, fontsize=8, frameon=False)
-    figure.tight_layout(rect=(0, 0.05, 1, 1))
+    figure.legend(handles=handles, loc="outside lower center", ncol=2, fontsize=8, frameon=False)
     path.parent.mkdir(parents=True, exist_ok=True)
     figure.savefig(path, dpi=100)
     plt.close(figure)
