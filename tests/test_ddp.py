@@ -44,6 +44,7 @@ def _worker(rank: int, port: int, data: str, output: str) -> None:
         dict(
             data_root=data,
             model_kwargs={"patch_size": 8, "embed_dim": 32, "depth": 1, "num_heads": 2},
+            checkpoint=None,
             image_size=32,
             epochs=1,
             batch_size=2,

@@ -166,13 +166,14 @@ def localize_batch(
     ]
 
 
-def write_overlay(pixels: torch.Tensor, score_map: torch.Tensor, boxes: torch.Tensor, path: Path) -> None:
+def write_overlay(pixels: torch.Tensor, score_map: torch.Tensor, boxes: torch.Tensor, title: str, path: Path) -> None:
     """The map and boxes over the image at the image's own aspect, the longest side at most OVERLAY_SIDE.
 
     Args:
         pixels: (3, H, W) uint8 image.
         score_map: (S, S) map at network input resolution.
         boxes: (N, 4) boxes in pixels of the network input.
+        title: the text above the image (class and score).
         path: the PNG to write.
     """
     from torchvision.transforms import v2
@@ -180,11 +181,12 @@ def write_overlay(pixels: torch.Tensor, score_map: torch.Tensor, boxes: torch.Te
     height, width = pixels.shape[1:]
     scale = min(1.0, OVERLAY_SIDE / max(height, width))
     size = [max(1, round(height * scale)), max(1, round(width * scale))]
-    image = v2.functional.resize(pixels, size, antialias=True)
+    image = v2.functional.resize(pixels, size, antialias=True).permute(1, 2, 0).numpy()
     heatmap = F.interpolate(score_map[None, None], size=size, mode="bilinear", align_corners=False)[0, 0]
     side = score_map.shape[-1]
     fit = torch.tensor([size[1] / side, size[0] / side] * 2, dtype=torch.float64)
-    save_overlay(image, heatmap, (boxes.to(torch.float64) * fit).round().to(torch.int64), None, path)
+    panel = {"title": title, "map": heatmap, "boxes": (boxes.to(torch.float64) * fit).round()}
+    save_overlay([panel], image, torch.zeros(0, 4), path)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -247,7 +249,8 @@ def main(argv: list[str] | None = None) -> int:
                     "boxes": original.tolist(),
                 }
             )
-            write_overlay(pixels, heatmap, boxes, args.out / "overlays" / f"{len(records) - 1:05d}_{path.stem}.png")
+            name = args.out / "overlays" / f"{len(records) - 1:05d}_{path.stem}.png"
+            write_overlay(pixels, heatmap, boxes, f"{classes[label]} ({score:.2f})", name)
     args.out.mkdir(parents=True, exist_ok=True)
     result = {"tau": tau, "predictions": records, "skipped": skipped}
     (args.out / "boxes.json").write_text(json.dumps(result, indent=1), encoding="utf-8")

@@ -355,9 +355,9 @@ def save_overlay(panels: list[dict[str, Any]], image: np.ndarray, gt: torch.Tens
     over the image, the ground-truth box (red), the predicted box (green), and the classes and IoU in the title.
 
     Args:
-        panels: per model, ``{"title", "map": (H, W) at the image's size, "boxes": (N, 4), "iou": float}``.
+        panels: per model, ``{"title", "map": (H, W) at the image's size, "boxes": (N, 4)}``.
         image: (H, W, 3) uint8, the original image.
-        gt: (K, 4) ground-truth boxes in pixels of the original image.
+        gt: (K, 4) ground-truth boxes in pixels of the original image (none: no ground truth to draw).
         path: the PNG to write.
     """
     import matplotlib
@@ -368,11 +368,12 @@ def save_overlay(panels: list[dict[str, Any]], image: np.ndarray, gt: torch.Tens
     from matplotlib.patches import Rectangle
 
     height, width = image.shape[:2]
-    panel = 4.0 / max(height, width)
+    panel = 4.0 / max(height, width)  # inches per pixel: the longer side 4 inches
+    lines = max(found["title"].count("\n") + 1 for found in panels)
     figure, axes = plt.subplots(
         1,
         len(panels),
-        figsize=(panel * width * len(panels) + 0.2, panel * height + 1.1),
+        figsize=(panel * width * len(panels) + 0.2, panel * height + 0.5 + 0.22 * lines),
         squeeze=False,
         layout="constrained",
     )
@@ -437,7 +438,6 @@ def write_figures(
                     "title": f"{title}: IoU {iou:.2f} at tau {tau:.2f}\npredicted {names[label]}\n({verdict})",
                     "map": score_map,
                     "boxes": found.boxes,
-                    "iou": iou,
                 }
             )
         save_overlay(panels, image, gt, run_dir / "overlays" / f"{index:05d}_{Path(record.path).stem}.png")
