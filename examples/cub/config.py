@@ -30,6 +30,14 @@ DOCUMENTED_RESULTS: dict[str, dict[str, dict[str, float]]] = {
         "SCM": {"MaxBoxAccV2": 20.9, "MaxBoxAcc": 12.0, "GTKnownLoc": 12.0, "Top1Loc": 10.6, "Top1Cls": 87.2},
         "baseline": {"MaxBoxAccV2": 21.3, "MaxBoxAcc": 14.6, "GTKnownLoc": 14.6, "Top1Loc": 13.9, "Top1Cls": 90.6},
     },
+    "blobs": {
+        "SCM": {"MaxBoxAccV2": 43.0, "MaxBoxAcc": 36.1, "GTKnownLoc": 36.1, "Top1Loc": 32.9, "Top1Cls": 84.8},
+        "baseline": {"MaxBoxAccV2": 46.8, "MaxBoxAcc": 39.8, "GTKnownLoc": 39.8, "Top1Loc": 37.9, "Top1Cls": 90.4},
+    },
+    "marker": {
+        "SCM": {"MaxBoxAccV2": 23.1, "MaxBoxAcc": 11.9, "GTKnownLoc": 11.9, "Top1Loc": 4.4, "Top1Cls": 28.6},
+        "baseline": {"MaxBoxAccV2": 26.3, "MaxBoxAcc": 15.4, "GTKnownLoc": 15.4, "Top1Loc": 6.7, "Top1Cls": 31.1},
+    },
 }
 
 
