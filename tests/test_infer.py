@@ -172,7 +172,7 @@ def test_jsonl_to_stdout_holds_only_json_lines(
     captured = capsys.readouterr()
     rows = [json.loads(line) for line in captured.out.splitlines()]
     assert len(rows) == len(SIZES) and all(len(row["topk"]) == 1 for row in rows)
-    assert "img/s" in captured.err and "5 images ->" in captured.err
+    assert "5/5 [" in captured.err and "5 images ->" in captured.err  # the progress bar and the summary
 
 
 def test_overlays_show_a_panel_per_top_k_class(weights: Path, images: Path, tmp_path: Path) -> None:
