@@ -1,12 +1,16 @@
 """Localize the objects in images with a stripped SCM model (Bai et al., ECCV 2022).
 
 Reads a stripped model saved with ``save_weights(adapter.strip(), path, metadata=...)`` (``train.py`` writes
-``model_stripped.safetensors`` with the training config and the class names in its metadata), predicts the
-top-1 class of every image, turns its map ``A * S_c`` into boxes at the threshold chosen on the held-out split
-(``metrics.json`` next to the weights) and writes ``boxes.json`` (image, class, score, boxes in pixels of the
-original image; the files that could not be read under ``skipped``) and one overlay PNG per image.
+``model_stripped.safetensors`` with the training config and the class names in its metadata), reads the images
+in batches (a DataLoader, ``--num-workers`` processes), runs the model once per batch, takes the top-k classes of
+every image (``--topk``, default 1) and turns the map ``A * S_c`` of each into boxes at the threshold chosen on
+the held-out split (``metrics.json`` next to the weights). Writes ``boxes.json`` (image, class, score, boxes in
+pixels of the original image, all top-k classes under ``topk``; the files that could not be read under
+``skipped``), one overlay PNG per image (``--no-overlays`` to skip them) and, with ``--jsonl``, one JSON line per
+image as soon as its batch is done. Progress, with images/s and the time left, goes to stderr.
 
     python examples/cub/infer.py runs/generated-scm-seed0/model_stripped.safetensors path/to/images --out preds
+    python examples/cub/infer.py model.safetensors images/ --topk 5 --jsonl - --no-overlays --num-workers 8
 """
 
 from __future__ import annotations
@@ -17,16 +21,18 @@ import math
 import sys
 from dataclasses import fields
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple, TextIO
 
 import torch
 import torch.nn.functional as F
 from config import TrainConfig
 from PIL import Image
 from safetensors import safe_open
+from torch.utils.data import DataLoader, Dataset
+from tqdm import tqdm
 from train import SetupError, build_model, save_overlay
 
-from scm_calib import CheckpointError, load_weights, localization_maps
+from scm_calib import CheckpointError, load_weights, resize_maps, scale_boxes, semantic_and_attention
 from scm_calib.boxes import boxes_from_maps
 from scm_calib.data import load_image, wsol_eval_transform
 
@@ -134,46 +140,137 @@ def find_images(path: Path) -> list[Path]:
     return paths
 
 
-@torch.no_grad()
-def localize_batch(
-    model: torch.nn.Module, pixels: list[torch.Tensor], image_size: int, tau: float, all_blobs: bool
-) -> list[tuple[int, float, torch.Tensor, torch.Tensor]]:
-    """Top-1 class, its probability and its boxes for a batch of images.
+class Loaded(NamedTuple):
+    """One image file as :class:`ImageFiles` returns it.
+
+    Attributes:
+        path: the file.
+        image: (3, S, S) normalised network input; None when the file could not be read.
+        size: original (W, H).
+        pixels: (3, H, W) uint8 original image when kept for overlays.
+        error: why the file could not be read, else None.
+    """
+
+    path: Path
+    image: torch.Tensor | None
+    size: tuple[int, int]
+    pixels: torch.Tensor | None
+    error: str | None
+
+
+class ImageFiles(Dataset):
+    """Image files read and resized with the evaluation transform; a file that cannot be read gives its error.
 
     Args:
-        model: the stripped model, on the device the images go to.
-        pixels: (3, H_i, W_i) uint8 images.
+        paths: the image files.
         image_size: side of the square network input.
+        keep_pixels: also return the original uint8 image (for overlays).
+    """
+
+    def __init__(self, paths: list[Path], image_size: int, keep_pixels: bool) -> None:
+        self.paths = paths
+        self.transform = wsol_eval_transform(image_size)
+        self.keep_pixels = keep_pixels
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, index: int) -> Loaded:
+        from torchvision import tv_tensors
+
+        path = self.paths[index]
+        try:
+            pixels = torch.from_numpy(load_image(path)).permute(2, 0, 1)
+        except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as err:
+            return Loaded(path, None, (0, 0), None, " ".join(str(err).split()))
+        image = self.transform(tv_tensors.Image(pixels)).as_subclass(torch.Tensor)
+        size = (pixels.shape[2], pixels.shape[1])
+        return Loaded(path, image, size, pixels if self.keep_pixels else None, None)
+
+
+class Batch(NamedTuple):
+    """A batch of image files, in order, and the network inputs of those that could be read.
+
+    Attributes:
+        items: the files, readable or not.
+        images: (B, 3, S, S) network inputs of the readable files, in order; None when none could be read.
+    """
+
+    items: list[Loaded]
+    images: torch.Tensor | None
+
+
+def collate(items: list[Loaded]) -> Batch:
+    """Stacks the inputs of the readable images of a batch (all S x S after the transform)."""
+    inputs = [item.image for item in items if item.image is not None]
+    return Batch(items, torch.stack(inputs) if inputs else None)
+
+
+class Found(NamedTuple):
+    """One of the top-k classes of an image.
+
+    Attributes:
+        label: the class index.
+        score: its probability.
+        boxes: (N, 4) int64 boxes in pixels of the network input.
+        score_map: (S, S) localization map ``A * S_c`` at network input resolution.
+    """
+
+    label: int
+    score: float
+    boxes: torch.Tensor
+    score_map: torch.Tensor
+
+
+@torch.no_grad()
+def localize_batch(
+    model: torch.nn.Module, images: torch.Tensor, tau: float, topk: int, all_blobs: bool
+) -> list[list[Found]]:
+    """The top-k classes of every image with a box each, from one forward pass of the model.
+
+    The logits, the semantic maps and the attention come from the same pass; the map of a class is ``A * S_c``
+    resized bilinearly to the input, as :func:`scm_calib.localization_maps` computes it.
+
+    Args:
+        model: the stripped model, on the device of ``images``.
+        images: (B, 3, S, S) normalised images.
         tau: the map threshold.
+        topk: classes per image, best first.
         all_blobs: a box per blob instead of the largest only.
 
     Returns:
-        Per image: the class index, its probability, the (N, 4) boxes in pixels of the network input and the
-        (S, S) localization map.
+        Per image, its ``topk`` classes, best first.
     """
-    from torchvision import tv_tensors
-
-    device = next(model.parameters()).device
-    transform = wsol_eval_transform(image_size)
-    images = torch.stack([transform(tv_tensors.Image(p)).as_subclass(torch.Tensor) for p in pixels]).to(device)
-    probs = model(images).softmax(dim=1)
-    labels = probs.argmax(dim=1)
-    maps = localization_maps(model, images, labels, size="input").float().cpu()
+    result = semantic_and_attention(model, images)
+    scores, labels = result.logits.softmax(dim=1).topk(topk, dim=1)
+    semantic = result.semantic
+    chosen = torch.gather(semantic, 1, labels[:, :, None, None].expand(-1, -1, *semantic.shape[2:]))
+    maps = resize_maps((chosen * result.attention[:, None]).flatten(0, 1), tuple(images.shape[-2:]), "bilinear")
     found = boxes_from_maps(maps, thresholds=[tau], largest_only=not all_blobs, holes=False)
-    boxes, index = found.boxes.cpu(), found.batch_index.cpu()
+    boxes, index, maps = found.boxes.cpu(), found.batch_index.cpu(), maps.float().cpu()
+    scores, labels = scores.cpu(), labels.cpu()
     return [
-        (int(labels[row]), float(probs[row, labels[row]]), boxes[index == row], maps[row]) for row in range(len(pixels))
+        [
+            Found(
+                int(labels[row, rank]),
+                float(scores[row, rank]),
+                boxes[index == row * topk + rank],
+                maps[row * topk + rank],
+            )
+            for rank in range(topk)
+        ]
+        for row in range(images.shape[0])
     ]
 
 
-def write_overlay(pixels: torch.Tensor, score_map: torch.Tensor, boxes: torch.Tensor, title: str, path: Path) -> None:
-    """The map and boxes over the image at the image's own aspect, the longest side at most OVERLAY_SIDE.
+def write_overlay(pixels: torch.Tensor, found: list[Found], classes: list[str], path: Path) -> None:
+    """The map and boxes of each class over the image, one panel per class, at the image's own aspect, the
+    longest side at most OVERLAY_SIDE.
 
     Args:
         pixels: (3, H, W) uint8 image.
-        score_map: (S, S) map at network input resolution.
-        boxes: (N, 4) boxes in pixels of the network input.
-        title: the text above the image (class and score).
+        found: the classes to draw, maps and boxes at network input resolution.
+        classes: the class names.
         path: the PNG to write.
     """
     from torchvision.transforms import v2
@@ -182,11 +279,49 @@ def write_overlay(pixels: torch.Tensor, score_map: torch.Tensor, boxes: torch.Te
     scale = min(1.0, OVERLAY_SIDE / max(height, width))
     size = [max(1, round(height * scale)), max(1, round(width * scale))]
     image = v2.functional.resize(pixels, size, antialias=True).permute(1, 2, 0).numpy()
-    heatmap = F.interpolate(score_map[None, None], size=size, mode="bilinear", align_corners=False)[0, 0]
-    side = score_map.shape[-1]
-    fit = torch.tensor([size[1] / side, size[0] / side] * 2, dtype=torch.float64)
-    panel = {"title": title, "map": heatmap, "boxes": (boxes.to(torch.float64) * fit).round()}
-    save_overlay([panel], image, torch.zeros(0, 4), path)
+    panels = []
+    for item in found:
+        heatmap = F.interpolate(item.score_map[None, None], size=size, mode="bilinear", align_corners=False)[0, 0]
+        side = item.score_map.shape[-1]
+        fit = torch.tensor([size[1] / side, size[0] / side] * 2, dtype=torch.float64)
+        title = f"{classes[item.label]} ({item.score:.2f})"
+        panels.append({"title": title, "map": heatmap, "boxes": (item.boxes.to(torch.float64) * fit).round()})
+    save_overlay(panels, image, torch.zeros(0, 4), path)
+
+
+def prediction(loaded: Loaded, found: list[Found], classes: list[str], image_size: int) -> dict[str, Any]:
+    """The record of one image: its top-1 class, score and boxes (in pixels of the original image, scaled back
+    with :func:`scm_calib.scale_boxes`), and all its top-k classes under ``topk``."""
+    ranked = [
+        {
+            "class_index": item.label,
+            "class": classes[item.label],
+            "score": item.score,
+            "boxes": scale_boxes(item.boxes, (image_size, image_size), loaded.size).tolist(),
+        }
+        for item in found
+    ]
+    return {"image": str(loaded.path), **ranked[0], "topk": ranked}
+
+
+def open_jsonl(target: str | None) -> TextIO | None:
+    """The stream that ``--jsonl`` names: None, stdout for ``-``, else a new file (its folder created).
+
+    Raises:
+        SetupError: the path is a folder or cannot be written.
+    """
+    if target is None:
+        return None
+    if target == "-":
+        return sys.stdout
+    path = Path(target)
+    if path.is_dir():
+        raise SetupError(f"--jsonl {path} is a folder; pass a file path, or - for stdout.")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        return path.open("w", encoding="utf-8")
+    except OSError as err:
+        raise SetupError(f"--jsonl {path} cannot be written ({err.strerror}); pass another path.") from err
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -202,59 +337,80 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--all-blobs", action="store_true", help="a box per blob instead of the largest only")
     parser.add_argument("--device", choices=["cuda", "cpu"], help="default: CUDA when available")
     parser.add_argument("--batch-size", type=int, default=16, help="images per forward pass")
+    parser.add_argument("--num-workers", type=int, default=0, help="processes reading images (0: this one)")
+    parser.add_argument("--topk", type=int, default=1, help="classes per image, each with its map and box")
+    parser.add_argument("--jsonl", help="also write one JSON line per image as it is done (- for stdout)")
+    parser.add_argument("--overlays", action=argparse.BooleanOptionalAction, default=True, help="one PNG per image")
     args = parser.parse_args(argv)
     try:
         if args.tau is not None and not 0 <= args.tau < 1:
             raise SetupError(f"--tau must be in [0, 1), got {args.tau}.")
         if args.batch_size < 1:
             raise SetupError(f"--batch-size must be >= 1, got {args.batch_size}.")
+        if args.num_workers < 0:
+            raise SetupError(f"--num-workers must be >= 0, got {args.num_workers}.")
         if args.device == "cuda" and not torch.cuda.is_available():
             raise SetupError("--device cuda was asked for but CUDA is not available; pass --device cpu.")
         if args.out.exists() and not args.out.is_dir():
             raise SetupError(f"--out {args.out} is a file, not a folder; pass another --out.")
         paths = find_images(args.images)
         model, config, classes = load_stripped(args.weights)
+        if not 1 <= args.topk <= len(classes):
+            raise SetupError(f"--topk must be in [1, {len(classes)}] (the model's classes), got {args.topk}.")
+        stream = open_jsonl(args.jsonl)
     except (SetupError, CheckpointError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    model.to(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    model.to(device)
     tau = args.tau
     if tau is None:
         tau, reason = default_tau(args.weights)
         if reason is not None:
             print(f"warning: {reason}; using the default threshold {tau} (pass --tau to choose).", file=sys.stderr)
+    loader = DataLoader(
+        ImageFiles(paths, config.image_size, keep_pixels=args.overlays),
+        batch_size=args.batch_size,
+        num_workers=args.num_workers,
+        collate_fn=collate,
+    )
     records: list[dict[str, Any]] = []
     skipped: list[dict[str, str]] = []
-    for start in range(0, len(paths), args.batch_size):
-        batch: list[tuple[Path, torch.Tensor]] = []
-        for path in paths[start : start + args.batch_size]:
-            try:
-                batch.append((path, torch.from_numpy(load_image(path)).permute(2, 0, 1)))
-            except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as err:
-                skipped.append({"image": str(path), "error": " ".join(str(err).split())})
-                print(f"skipped {path}: {skipped[-1]['error']}", file=sys.stderr)
-        if not batch:
-            continue
-        results = localize_batch(model, [pixels for _, pixels in batch], config.image_size, tau, args.all_blobs)
-        for (path, pixels), (label, score, boxes, heatmap) in zip(batch, results, strict=True):
-            height, width = pixels.shape[1:]
-            scale = torch.tensor([width / config.image_size, height / config.image_size] * 2, dtype=torch.float64)
-            original = (boxes.to(torch.float64) * scale).round().to(torch.int64)
-            records.append(
-                {
-                    "image": str(path),
-                    "class_index": label,
-                    "class": classes[label],
-                    "score": score,
-                    "boxes": original.tolist(),
-                }
+    progress = tqdm(total=len(paths), unit="img", file=sys.stderr, dynamic_ncols=True)
+    try:
+        for batch in loader:
+            inputs = batch.images
+            results = iter(
+                localize_batch(model, inputs.to(device), tau, args.topk, args.all_blobs) if inputs is not None else []
             )
-            name = args.out / "overlays" / f"{len(records) - 1:05d}_{path.stem}.png"
-            write_overlay(pixels, heatmap, boxes, f"{classes[label]} ({score:.2f})", name)
+            for item in batch.items:
+                if item.error is not None:
+                    skipped.append({"image": str(item.path), "error": item.error})
+                    progress.write(f"skipped {item.path}: {item.error}", file=sys.stderr)
+                    line = skipped[-1]
+                else:
+                    found = next(results)
+                    records.append(prediction(item, found, classes, config.image_size))
+                    line = records[-1]
+                    if args.overlays:
+                        name = args.out / "overlays" / f"{len(records) - 1:05d}_{item.path.stem}.png"
+                        write_overlay(item.pixels, found, classes, name)
+                if stream is not None:
+                    stream.write(json.dumps(line) + "\n")
+            if stream is not None:
+                stream.flush()
+            progress.update(len(batch.items))
+    finally:
+        progress.close()
+        if stream is not None and stream is not sys.stdout:
+            stream.close()
     args.out.mkdir(parents=True, exist_ok=True)
     result = {"tau": tau, "predictions": records, "skipped": skipped}
     (args.out / "boxes.json").write_text(json.dumps(result, indent=1), encoding="utf-8")
-    print(f"{len(records)} images -> {args.out / 'boxes.json'}" + (f" ({len(skipped)} skipped)" if skipped else ""))
+    print(
+        f"{len(records)} images -> {args.out / 'boxes.json'}" + (f" ({len(skipped)} skipped)" if skipped else ""),
+        file=sys.stderr if stream is sys.stdout else sys.stdout,
+    )
     return 0
 
 
