@@ -1,11 +1,13 @@
-"""Tests of scm_calib.boxes: hand-built maps with known boxes, and the torch path against OpenCV."""
+"""Tests of scm_calib.boxes: hand-built maps with known boxes, the component engine, and the torch path
+against OpenCV."""
 
 import numpy as np
 import pytest
 import torch
 
 from scm_calib import boxes as B
-from scm_calib import boxes_cv2 as cv2_backend
+from scm_calib.boxes import opencv as cv2_backend
+from scm_calib.boxes.components import component_tables, first_touch, level_table, merge_steps
 
 
 def _box_set(result: B.BlobBoxes, image: int = 0, threshold: int = 0) -> list[list[int]]:
@@ -125,10 +127,10 @@ def test_threads_and_parts_do_not_change_boxes() -> None:
     one = B.blob_boxes(quantized, num_threads=1)
     two = B.blob_boxes(quantized, num_threads=2)
     assert all(torch.equal(a, b) for a, b in zip(one, two, strict=True))
-    levels, _ = B._level_table(quantized, B.wsol_thresholds())
-    whole = B._component_tables(quantized, levels, maps_at_once=7)
+    levels, _ = level_table(quantized, B.wsol_thresholds())
+    whole = component_tables(quantized, levels, maps_at_once=7)
     for maps_at_once in (1, 3):
-        parts = B._component_tables(quantized, levels, maps_at_once=maps_at_once)
+        parts = component_tables(quantized, levels, maps_at_once=maps_at_once)
         for rows_whole, rows_parts in zip(whole, parts, strict=True):
             order_whole = torch.argsort(rows_whole.level_index * 10**7 + rows_whole.first)
             order_parts = torch.argsort(rows_parts.level_index * 10**7 + rows_parts.first)
@@ -143,8 +145,8 @@ def test_level_merges_are_the_same_in_torch_and_numpy() -> None:
     lower, upper = torch.minimum(lower, upper), torch.maximum(lower, upper) + 1
     step = torch.sort(torch.randint(0, 10, (120,), generator=generator)).values
     bounds = torch.searchsorted(step, torch.arange(11)).tolist()
-    in_numpy = B._merge_steps(lower, upper, step, 41, 10, use_numpy=True)
-    in_torch = B._merge_steps(lower, upper, step, 41, 10, use_numpy=False)
+    in_numpy = merge_steps(lower, upper, step, 41, 10, use_numpy=True)
+    in_torch = merge_steps(lower, upper, step, 41, 10, use_numpy=False)
     assert torch.equal(in_numpy, in_torch)
     # Each step's labels are the least node of each connected component of the edges so far.
     for s in (0, 4, 9):
@@ -161,8 +163,8 @@ def test_first_touch_is_the_same_dense_and_sorted() -> None:
     lower, upper = torch.minimum(a, c), torch.maximum(a, c)
     keep = lower < upper
     step = torch.randint(0, 12, (500,), generator=generator, dtype=torch.int16)[keep]
-    dense = B._first_touch(lower[keep], upper[keep], step, 30, 10, dense=True)
-    sorted_ = B._first_touch(lower[keep], upper[keep], step, 30, 10, dense=False)
+    dense = first_touch(lower[keep], upper[keep], step, 30, 10, dense=True)
+    sorted_ = first_touch(lower[keep], upper[keep], step, 30, 10, dense=False)
     assert all(torch.equal(x, y) for x, y in zip(dense, sorted_, strict=True))
     expected: dict[tuple[int, int], int] = {}
     for pair in zip(lower[keep].tolist(), upper[keep].tolist(), step.tolist(), strict=True):
@@ -178,7 +180,7 @@ def test_contour_areas_and_boxes_equal_opencv_on_noise(size: tuple[int, int]) ->
     generator = torch.Generator().manual_seed(size[0])
     masks = (torch.rand(40, *size, generator=generator) < 0.55).to(torch.uint8) * 255
     levels = torch.tensor([127])
-    blobs, holes = B._component_tables(masks, levels)
+    blobs, holes = component_tables(masks, levels)
     for i, mask in enumerate(masks.numpy()):
         contours = cv2.findContours(mask, cv2.RETR_TREE, cv2.CHAIN_APPROX_SIMPLE)[-2]
         expected = sorted(cv2.contourArea(contour) for contour in contours)
