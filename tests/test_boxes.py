@@ -302,3 +302,91 @@ def test_scale_boxes_follows_wsolevaluation_resize_bbox(x: float, width: int, ex
     from scm_calib.data import protocol_boxes
 
     assert protocol_boxes(boxes, (width, width), (224, 224)).tolist() == [[expected] * 4]
+
+
+def test_sweep_options_equal_the_same_keywords_and_keywords_override_them() -> None:
+    quantized = B.prepare_maps(torch.rand(2, 12, 12, generator=torch.Generator().manual_seed(5)))
+    options = B.SweepOptions(thresholds=[0.2, 0.6], holes=False, chunk_size=1)
+    by_object = B.blob_boxes(quantized, options)
+    by_keywords = B.blob_boxes(quantized, thresholds=[0.2, 0.6], holes=False, chunk_size=1)
+    assert all(torch.equal(a, b) for a, b in zip(by_object, by_keywords, strict=True))
+    overridden = B.blob_boxes(quantized, options, thresholds=[0.6])
+    assert torch.equal(overridden.boxes, by_object.boxes[by_object.threshold_index == 1])
+
+
+@pytest.mark.parametrize("interpolation", ["bicubic", "bilinear"])
+def test_sweep_options_carry_the_interpolation_of_boxes_from_maps(interpolation: str) -> None:
+    maps = torch.rand(2, 7, 7, generator=torch.Generator().manual_seed(6))
+    options = B.SweepOptions(thresholds=[0.4], interpolation=interpolation)
+    found = B.boxes_from_maps(maps, options, size=(28, 28))
+    expected = B.blob_boxes(B.prepare_maps(maps, (28, 28), interpolation), thresholds=[0.4])
+    assert all(torch.equal(a, b) for a, b in zip(found, expected, strict=True))
+
+
+@pytest.mark.parametrize(
+    ("options", "error", "message"),
+    [
+        ({"chunk_size": 0}, ValueError, r"chunk_size must be >= 1 or None, got 0"),
+        ({"num_threads": 0}, ValueError, r"num_threads must be >= 1, got 0"),
+        ({"interpolation": "nearest"}, ValueError, r"interpolation must be one of .*'nearest'"),
+        ({"thresholds": []}, ValueError, r"thresholds is empty; pass e\.g\. scm_calib\.boxes\.wsol_thresholds"),
+        ({"thresholds": [0.5, 1.5]}, ValueError, r"thresholds must lie in \[0, 1\]"),
+    ],
+)
+def test_bad_sweep_options_say_what_to_do(options: dict, error: type[Exception], message: str) -> None:
+    with pytest.raises(error, match=message):
+        B.SweepOptions(**options)
+    with pytest.raises(error, match=message):  # the same check when given as keywords
+        B.blob_boxes(torch.zeros(1, 4, 4, dtype=torch.uint8), **options)
+
+
+@pytest.mark.parametrize(
+    ("call", "message"),
+    [
+        (lambda q: B.blob_boxes(q, [0.5]), r"options must be a SweepOptions, got list; pass .* by keyword"),
+        (lambda q: B.best_box_iou(q, [torch.tensor([0, 0, 1, 1])], torch.tensor([0.5])), r"got Tensor"),
+        (lambda q: B.blob_boxes(q, threshold=[0.5]), r"unknown sweep option\(s\) \['threshold'\].*'thresholds'"),
+    ],
+)
+def test_positional_thresholds_and_misspelt_options_say_what_to_do(call, message: str) -> None:
+    with pytest.raises(TypeError, match=message):
+        call(torch.zeros(1, 4, 4, dtype=torch.uint8))
+
+
+def test_worker_threads_leave_torch_thread_count_alone(monkeypatch: pytest.MonkeyPatch) -> None:
+    def refuse(count: int) -> None:
+        raise AssertionError(f"the library called torch.set_num_threads({count})")
+
+    monkeypatch.setattr(torch, "set_num_threads", refuse)
+    quantized = B.prepare_maps(torch.rand(9, 5, 5, generator=torch.Generator().manual_seed(7)), size=(20, 20))
+    gt = [torch.tensor([[2, 2, 12, 15]])] * 9
+    one = B.best_box_iou(quantized, gt, num_threads=1)
+    three = B.best_box_iou(quantized, gt, num_threads=3)
+    assert all(torch.equal(a, b) for a, b in zip(one, three, strict=True))
+    assert B.blob_boxes(quantized, num_threads=3).boxes.shape[1] == 4
+
+
+def test_component_table_fields_are_named() -> None:
+    quantized = torch.zeros(1, 6, 8, dtype=torch.uint8)
+    quantized[0, 1:5, 2:7] = 200
+    quantized[0, 2:4, 4] = 0  # a hole x 4, y 2..3
+    levels, _ = level_table(quantized, [0.5])
+    blobs, holes = component_tables(quantized, levels)
+    assert (blobs.x0.tolist(), blobs.y0.tolist(), blobs.x1.tolist(), blobs.y1.tolist()) == ([2], [1], [6], [4])
+    assert blobs.area.tolist() == [18] and blobs.first.tolist() == [1 * 8 + 2]
+    assert (holes.x0.tolist(), holes.y0.tolist(), holes.x1.tolist(), holes.y1.tolist()) == ([4], [2], [4], [3])
+    assert holes.area.tolist() == [0]
+    assert blobs.contour_area.dtype == torch.float64
+
+
+@pytest.mark.parametrize("module", ["maps", "components", "extract", "iou", "opencv"])
+def test_boxes_modules_are_small_and_maps_stands_alone(module: str) -> None:
+    import ast
+    import importlib
+    from pathlib import Path
+
+    source = Path(importlib.import_module(f"scm_calib.boxes.{module}").__file__).read_text()
+    assert source.count("\n") < 500
+    if module == "maps":
+        imports = [node for node in ast.walk(ast.parse(source)) if isinstance(node, ast.ImportFrom)]
+        assert all(node.level == 0 and not (node.module or "").startswith("scm_calib") for node in imports)
