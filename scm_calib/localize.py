@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from .adapter import SCMAdapter, StrippedViT
-from .boxes import resize_maps
+from .boxes.maps import resize_maps
 from .capture import AttentionCapture, check_supported, class_attention, grid_size, normalize_attention, patch_tokens
 from .heads import LinearHead
 

@@ -26,7 +26,8 @@ import torch
 import torch.distributed as dist
 from torch import Tensor
 
-from scm_calib.boxes import INTERPOLATIONS, best_box_iou, normalize_maps, prepare_maps, resize_maps, wsol_thresholds
+from scm_calib.boxes.extract import best_box_iou
+from scm_calib.boxes.maps import INTERPOLATIONS, normalize_maps, prepare_maps, resize_maps, wsol_thresholds
 
 __all__ = [
     "PROTOCOLS",
@@ -270,9 +271,9 @@ class BoxAccuracy(_Streaming):
         largest, every = best_box_iou(
             quantized,
             gt_boxes,
-            self.thresholds.to(maps.device),
-            self.protocol.holes,
-            self.chunk_size,
+            thresholds=self.thresholds.to(maps.device),
+            holes=self.protocol.holes,
+            chunk_size=self.chunk_size,
             clip=self.protocol.clip,
         )
         if not self.protocol.multi_contour:
@@ -468,7 +469,7 @@ class LocalizationAccuracy(_Streaming):
         largest, _ = best_box_iou(
             quantized,
             gt_boxes,
-            self.thresholds.to(maps.device),
+            thresholds=self.thresholds.to(maps.device),
             holes=False,
             chunk_size=self.chunk_size,
             clip=self.protocol.clip,

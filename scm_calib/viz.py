@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from scm_calib.boxes import normalize_maps
+from scm_calib.boxes.maps import normalize_maps
 
 __all__ = ["colorize", "draw_boxes", "overlay", "save_png"]
 

@@ -1,11 +1,13 @@
-"""Tests of scm_calib.boxes: hand-built maps with known boxes, and the torch path against OpenCV."""
+"""Tests of scm_calib.boxes: hand-built maps with known boxes, the component engine, and the torch path
+against OpenCV."""
 
 import numpy as np
 import pytest
 import torch
 
 from scm_calib import boxes as B
-from scm_calib import boxes_cv2 as cv2_backend
+from scm_calib.boxes import opencv as cv2_backend
+from scm_calib.boxes.components import component_tables, first_touch, level_table, merge_steps
 
 
 def _box_set(result: B.BlobBoxes, image: int = 0, threshold: int = 0) -> list[list[int]]:
@@ -125,10 +127,10 @@ def test_threads_and_parts_do_not_change_boxes() -> None:
     one = B.blob_boxes(quantized, num_threads=1)
     two = B.blob_boxes(quantized, num_threads=2)
     assert all(torch.equal(a, b) for a, b in zip(one, two, strict=True))
-    levels, _ = B._level_table(quantized, B.wsol_thresholds())
-    whole = B._component_tables(quantized, levels, maps_at_once=7)
+    levels, _ = level_table(quantized, B.wsol_thresholds())
+    whole = component_tables(quantized, levels, maps_at_once=7)
     for maps_at_once in (1, 3):
-        parts = B._component_tables(quantized, levels, maps_at_once=maps_at_once)
+        parts = component_tables(quantized, levels, maps_at_once=maps_at_once)
         for rows_whole, rows_parts in zip(whole, parts, strict=True):
             order_whole = torch.argsort(rows_whole.level_index * 10**7 + rows_whole.first)
             order_parts = torch.argsort(rows_parts.level_index * 10**7 + rows_parts.first)
@@ -143,8 +145,8 @@ def test_level_merges_are_the_same_in_torch_and_numpy() -> None:
     lower, upper = torch.minimum(lower, upper), torch.maximum(lower, upper) + 1
     step = torch.sort(torch.randint(0, 10, (120,), generator=generator)).values
     bounds = torch.searchsorted(step, torch.arange(11)).tolist()
-    in_numpy = B._merge_steps(lower, upper, step, 41, 10, use_numpy=True)
-    in_torch = B._merge_steps(lower, upper, step, 41, 10, use_numpy=False)
+    in_numpy = merge_steps(lower, upper, step, 41, 10, use_numpy=True)
+    in_torch = merge_steps(lower, upper, step, 41, 10, use_numpy=False)
     assert torch.equal(in_numpy, in_torch)
     # Each step's labels are the least node of each connected component of the edges so far.
     for s in (0, 4, 9):
@@ -161,8 +163,8 @@ def test_first_touch_is_the_same_dense_and_sorted() -> None:
     lower, upper = torch.minimum(a, c), torch.maximum(a, c)
     keep = lower < upper
     step = torch.randint(0, 12, (500,), generator=generator, dtype=torch.int16)[keep]
-    dense = B._first_touch(lower[keep], upper[keep], step, 30, 10, dense=True)
-    sorted_ = B._first_touch(lower[keep], upper[keep], step, 30, 10, dense=False)
+    dense = first_touch(lower[keep], upper[keep], step, 30, 10, dense=True)
+    sorted_ = first_touch(lower[keep], upper[keep], step, 30, 10, dense=False)
     assert all(torch.equal(x, y) for x, y in zip(dense, sorted_, strict=True))
     expected: dict[tuple[int, int], int] = {}
     for pair in zip(lower[keep].tolist(), upper[keep].tolist(), step.tolist(), strict=True):
@@ -178,7 +180,7 @@ def test_contour_areas_and_boxes_equal_opencv_on_noise(size: tuple[int, int]) ->
     generator = torch.Generator().manual_seed(size[0])
     masks = (torch.rand(40, *size, generator=generator) < 0.55).to(torch.uint8) * 255
     levels = torch.tensor([127])
-    blobs, holes = B._component_tables(masks, levels)
+    blobs, holes = component_tables(masks, levels)
     for i, mask in enumerate(masks.numpy()):
         contours = cv2.findContours(mask, cv2.RETR_TREE, cv2.CHAIN_APPROX_SIMPLE)[-2]
         expected = sorted(cv2.contourArea(contour) for contour in contours)
@@ -300,3 +302,91 @@ def test_scale_boxes_follows_wsolevaluation_resize_bbox(x: float, width: int, ex
     from scm_calib.data import protocol_boxes
 
     assert protocol_boxes(boxes, (width, width), (224, 224)).tolist() == [[expected] * 4]
+
+
+def test_sweep_options_equal_the_same_keywords_and_keywords_override_them() -> None:
+    quantized = B.prepare_maps(torch.rand(2, 12, 12, generator=torch.Generator().manual_seed(5)))
+    options = B.SweepOptions(thresholds=[0.2, 0.6], holes=False, chunk_size=1)
+    by_object = B.blob_boxes(quantized, options)
+    by_keywords = B.blob_boxes(quantized, thresholds=[0.2, 0.6], holes=False, chunk_size=1)
+    assert all(torch.equal(a, b) for a, b in zip(by_object, by_keywords, strict=True))
+    overridden = B.blob_boxes(quantized, options, thresholds=[0.6])
+    assert torch.equal(overridden.boxes, by_object.boxes[by_object.threshold_index == 1])
+
+
+@pytest.mark.parametrize("interpolation", ["bicubic", "bilinear"])
+def test_sweep_options_carry_the_interpolation_of_boxes_from_maps(interpolation: str) -> None:
+    maps = torch.rand(2, 7, 7, generator=torch.Generator().manual_seed(6))
+    options = B.SweepOptions(thresholds=[0.4], interpolation=interpolation)
+    found = B.boxes_from_maps(maps, options, size=(28, 28))
+    expected = B.blob_boxes(B.prepare_maps(maps, (28, 28), interpolation), thresholds=[0.4])
+    assert all(torch.equal(a, b) for a, b in zip(found, expected, strict=True))
+
+
+@pytest.mark.parametrize(
+    ("options", "error", "message"),
+    [
+        ({"chunk_size": 0}, ValueError, r"chunk_size must be >= 1 or None, got 0"),
+        ({"num_threads": 0}, ValueError, r"num_threads must be >= 1, got 0"),
+        ({"interpolation": "nearest"}, ValueError, r"interpolation must be one of .*'nearest'"),
+        ({"thresholds": []}, ValueError, r"thresholds is empty; pass e\.g\. scm_calib\.boxes\.wsol_thresholds"),
+        ({"thresholds": [0.5, 1.5]}, ValueError, r"thresholds must lie in \[0, 1\]"),
+    ],
+)
+def test_bad_sweep_options_say_what_to_do(options: dict, error: type[Exception], message: str) -> None:
+    with pytest.raises(error, match=message):
+        B.SweepOptions(**options)
+    with pytest.raises(error, match=message):  # the same check when given as keywords
+        B.blob_boxes(torch.zeros(1, 4, 4, dtype=torch.uint8), **options)
+
+
+@pytest.mark.parametrize(
+    ("call", "message"),
+    [
+        (lambda q: B.blob_boxes(q, [0.5]), r"options must be a SweepOptions, got list; pass .* by keyword"),
+        (lambda q: B.best_box_iou(q, [torch.tensor([0, 0, 1, 1])], torch.tensor([0.5])), r"got Tensor"),
+        (lambda q: B.blob_boxes(q, threshold=[0.5]), r"unknown sweep option\(s\) \['threshold'\].*'thresholds'"),
+    ],
+)
+def test_positional_thresholds_and_misspelt_options_say_what_to_do(call, message: str) -> None:
+    with pytest.raises(TypeError, match=message):
+        call(torch.zeros(1, 4, 4, dtype=torch.uint8))
+
+
+def test_worker_threads_leave_torch_thread_count_alone(monkeypatch: pytest.MonkeyPatch) -> None:
+    def refuse(count: int) -> None:
+        raise AssertionError(f"the library called torch.set_num_threads({count})")
+
+    monkeypatch.setattr(torch, "set_num_threads", refuse)
+    quantized = B.prepare_maps(torch.rand(9, 5, 5, generator=torch.Generator().manual_seed(7)), size=(20, 20))
+    gt = [torch.tensor([[2, 2, 12, 15]])] * 9
+    one = B.best_box_iou(quantized, gt, num_threads=1)
+    three = B.best_box_iou(quantized, gt, num_threads=3)
+    assert all(torch.equal(a, b) for a, b in zip(one, three, strict=True))
+    assert B.blob_boxes(quantized, num_threads=3).boxes.shape[1] == 4
+
+
+def test_component_table_fields_are_named() -> None:
+    quantized = torch.zeros(1, 6, 8, dtype=torch.uint8)
+    quantized[0, 1:5, 2:7] = 200
+    quantized[0, 2:4, 4] = 0  # a hole x 4, y 2..3
+    levels, _ = level_table(quantized, [0.5])
+    blobs, holes = component_tables(quantized, levels)
+    assert (blobs.x0.tolist(), blobs.y0.tolist(), blobs.x1.tolist(), blobs.y1.tolist()) == ([2], [1], [6], [4])
+    assert blobs.area.tolist() == [18] and blobs.first.tolist() == [1 * 8 + 2]
+    assert (holes.x0.tolist(), holes.y0.tolist(), holes.x1.tolist(), holes.y1.tolist()) == ([4], [2], [4], [3])
+    assert holes.area.tolist() == [0]
+    assert blobs.contour_area.dtype == torch.float64
+
+
+@pytest.mark.parametrize("module", ["maps", "components", "extract", "iou", "opencv"])
+def test_boxes_modules_are_small_and_maps_stands_alone(module: str) -> None:
+    import ast
+    import importlib
+    from pathlib import Path
+
+    source = Path(importlib.import_module(f"scm_calib.boxes.{module}").__file__).read_text()
+    assert source.count("\n") < 500
+    if module == "maps":
+        imports = [node for node in ast.walk(ast.parse(source)) if isinstance(node, ast.ImportFrom)]
+        assert all(node.level == 0 and not (node.module or "").startswith("scm_calib") for node in imports)

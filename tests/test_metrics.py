@@ -104,7 +104,7 @@ def test_threshold_from_held_out_split_is_applied_fixed() -> None:
 
 def test_box_accuracy_matches_opencv_reference() -> None:
     pytest.importorskip("cv2")
-    from scm_calib import boxes_cv2 as cv2_backend
+    from scm_calib.boxes import opencv as cv2_backend
 
     grids = torch.rand(40, 7, 7, generator=torch.Generator().manual_seed(3))
     _, gt = _random_batch(40, size=48, seed=3)

@@ -5,7 +5,8 @@ threshold at a time: ``cv2.threshold`` at ``int(tau * max)`` (strict ``>``), ``c
 CHAIN_APPROX_SIMPLE)`` (outer borders of 8-connected blobs *and* borders of holes), the largest contour by
 ``cv2.contourArea`` or all contours, and ``cv2.boundingRect`` to ``[x, y, x + w, y + h]`` clipped to
 ``W - 1``, ``H - 1``. Use it when bit-equality with published numbers matters; the pure-torch
-:mod:`scm_calib.boxes` is the fast, batched path. Needs ``pip install scm_calib[opencv]``.
+:mod:`scm_calib.boxes` is the fast, batched path, held equal to this one by ``tests/test_boxes.py``.
+Needs ``pip install scm_calib[opencv]``.
 """
 
 from __future__ import annotations
@@ -17,9 +18,9 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from scm_calib.boxes import BlobBoxes, wsol_thresholds
+from .maps import wsol_thresholds
 
-__all__ = ["best_box_iou_cv2", "blob_boxes_cv2", "map_boxes_cv2", "prepare_maps_cv2"]
+__all__ = ["best_box_iou_cv2", "map_boxes_cv2", "prepare_maps_cv2"]
 
 _INTERPOLATION = {"bicubic": "INTER_CUBIC", "bilinear": "INTER_LINEAR"}
 
@@ -29,7 +30,7 @@ def _cv2() -> ModuleType:
         import cv2
     except ImportError as error:
         raise ImportError(
-            "scm_calib.boxes_cv2 needs OpenCV: pip install 'scm_calib[opencv]' (opencv-python-headless), "
+            "scm_calib.boxes.opencv needs OpenCV: pip install 'scm_calib[opencv]' (opencv-python-headless), "
             "or use the pure-torch scm_calib.boxes."
         ) from error
     return cv2
@@ -97,43 +98,6 @@ def _contour_boxes(quantized: np.ndarray, tau: float) -> tuple[np.ndarray, np.nd
         x, y, w, h = cv2.boundingRect(contour)
         boxes.append([x, y, min(x + w, width - 1), min(y + h, height - 1)])
     return np.asarray(boxes, dtype=np.int64), areas
-
-
-def blob_boxes_cv2(
-    quantized: np.ndarray | Tensor,
-    thresholds: Tensor | Sequence[float] | None = None,
-    largest_only: bool = False,
-) -> BlobBoxes:
-    """OpenCV counterpart of :func:`scm_calib.boxes.blob_boxes` (hole contours included).
-
-    Args:
-        quantized: (B, H, W) uint8 maps.
-        thresholds: (T,) thresholds; default :func:`scm_calib.boxes.wsol_thresholds`.
-        largest_only: One box per (map, threshold), of the largest contour by polygon area.
-
-    Returns:
-        The boxes in the layout of :class:`scm_calib.boxes.BlobBoxes`; ``area`` holds
-        ``cv2.contourArea`` (polygon area, not a pixel count).
-    """
-    q = np.asarray(quantized.cpu() if isinstance(quantized, Tensor) else quantized)
-    taus = np.asarray(wsol_thresholds() if thresholds is None else thresholds, dtype=np.float64)
-    boxes, image, index, areas = [], [], [], []
-    for b, cam in enumerate(q):
-        for t, tau in enumerate(taus):
-            found, area = _contour_boxes(cam, float(tau))
-            if largest_only:
-                top = int(np.argmax(area))
-                found, area = found[top : top + 1], area[top : top + 1]
-            boxes.append(found)
-            areas += area.tolist()
-            image += [b] * len(found)
-            index += [t] * len(found)
-    return BlobBoxes(
-        torch.from_numpy(np.concatenate(boxes)),
-        torch.tensor(image),
-        torch.tensor(index),
-        torch.tensor(areas, dtype=torch.float64),
-    )
 
 
 def best_box_iou_cv2(
