@@ -1,8 +1,8 @@
 """Per-image diagnostics of a WSOL evaluation and TS-CAM's breakdown of localization outcomes.
 
-TS-CAM (Gao et al., ICCV 2021) sorts every test image into one outcome of its top-1 prediction, the
-analysis SCM's code keeps (``get_badcase_detail`` in ``lib/cams_deit.py`` of vasgaowei/TS-CAM, lines 307-345;
-164140757/SCM's file is the same). With the box of the top-1 class's map at a fixed threshold, ``IoG`` =
+TS-CAM (Gao et al., ICCV 2021) sorts every test image into one outcome of its top-1 prediction, the analysis
+SCM's code keeps (``get_badcase_detail`` in ``lib/cams_deit.py`` of vasgaowei/TS-CAM, lines 307-345; the same
+function in 164140757/SCM, lines 304-342). With the box of the top-1 class's map at a fixed threshold, ``IoG`` =
 intersection / ground-truth box area and ``IoB`` = intersection / predicted box area (inclusive pixels, as IoU),
 in this order, the first that applies:
 
