@@ -118,6 +118,8 @@ def _outcomes(
     pred_boxes, predicted, labels = (torch.as_tensor(x) for x in (pred_boxes, predicted, labels))
     _check_batch(pred_boxes, predicted, labels, gt_boxes)
     device = pred_boxes.device
+    if pred_boxes.shape[0] == 0:  # an empty batch
+        return torch.zeros(0, dtype=torch.int64, device=device), torch.zeros(0, dtype=torch.float64, device=device)
     gt, valid = pad_boxes(gt_boxes, device)  # (B, K, 4), (B, K)
     box = pred_boxes.to(device, torch.float64)[:, None]  # (B, 1, 4)
     width = (torch.minimum(box[..., 2], gt[..., 2]) - torch.maximum(box[..., 0], gt[..., 0]) + 1).clamp(min=0)

@@ -35,8 +35,7 @@ import torch
 from torch import Tensor
 
 from scm_calib.boxes import normalize_maps, resize_maps, scale_boxes
-from scm_calib.data.base import ImageRecord
-from scm_calib.data.wsol_metadata import read_wsol_metadata
+from scm_calib.data import ImageRecord, read_wsol_metadata
 
 __all__ = [
     "DATASET_NAMES",

@@ -7,6 +7,7 @@ import json
 import numpy as np
 import pytest
 import torch
+import torch.distributed as dist
 
 from scm_calib import diagnostics as D
 from scm_calib.metrics import LocalizationAccuracy, get_protocol
@@ -195,3 +196,17 @@ def test_wrong_arguments_are_errors(call, message) -> None:
 def test_numpy_maps_are_taken() -> None:
     maps, logits, labels, gt = _maps_batch()
     assert D.localization_outcomes(np.asarray(maps), logits, labels, gt, tau=0.5)["right"] == 25.0
+
+
+def test_an_empty_batch_changes_nothing_and_sync_keeps_a_single_process(tmp_path) -> None:
+    maps, logits, labels, gt = _maps_batch()
+    metric = D.LocalizationOutcomes(tau=0.5)
+    metric.update(maps, logits, labels, gt)
+    metric.update(maps[:0], logits[:0], labels[:0], [])
+    before = metric.state_dict()
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path}/store", rank=0, world_size=1)
+    try:
+        metric.sync()
+    finally:
+        dist.destroy_process_group()
+    assert torch.equal(metric.state_dict()["counts"], before["counts"]) and int(before["counts"].sum()) == 4

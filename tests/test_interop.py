@@ -6,8 +6,7 @@ import torch
 
 from scm_calib import interop
 from scm_calib.boxes import resize_maps, scale_boxes
-from scm_calib.data import read_wsol_metadata
-from scm_calib.data.base import ImageRecord
+from scm_calib.data import ImageRecord, read_wsol_metadata
 from scm_calib.metrics import BoxAccuracy, PixelAveragePrecision
 
 SIZES = [(300, 200), (224, 224), (500, 375), (120, 160), (640, 480), (333, 250), (250, 333)]
