@@ -189,7 +189,7 @@ def _top1(
         maps = maps[torch.arange(maps.shape[0], device=maps.device), predicted]
     if not 0.0 <= tau < 1.0:
         raise ValueError(f"tau must be in [0, 1), got {tau}; pass the threshold chosen on held-out data.")
-    boxes = boxes_from_maps(maps, [tau], size=size, interpolation=interpolation, largest_only=True).boxes
+    boxes = boxes_from_maps(maps, thresholds=[tau], size=size, interpolation=interpolation, largest_only=True).boxes
     return predicted, boxes
 
 

@@ -340,15 +340,35 @@ def test_bad_sweep_options_say_what_to_do(options: dict, error: type[Exception],
         B.blob_boxes(torch.zeros(1, 4, 4, dtype=torch.uint8), **options)
 
 
+def test_positional_thresholds_equal_the_keyword() -> None:
+    quantized = B.prepare_maps(torch.rand(3, 6, 6, generator=torch.Generator().manual_seed(3)))
+    gt = [torch.tensor([[1, 1, 4, 4]])] * 3
+    for positional in ([0.2, 0.5], torch.tensor([0.2, 0.5])):
+        assert all(
+            torch.equal(a, b)
+            for a, b in zip(
+                B.blob_boxes(quantized, positional), B.blob_boxes(quantized, thresholds=[0.2, 0.5]), strict=True
+            )
+        )
+        assert all(
+            torch.equal(a, b)
+            for a, b in zip(
+                B.best_box_iou(quantized, gt, positional),
+                B.best_box_iou(quantized, gt, thresholds=[0.2, 0.5]),
+                strict=True,
+            )
+        )
+
+
 @pytest.mark.parametrize(
     ("call", "message"),
     [
-        (lambda q: B.blob_boxes(q, [0.5]), r"options must be a SweepOptions, got list; pass .* by keyword"),
-        (lambda q: B.best_box_iou(q, [torch.tensor([0, 0, 1, 1])], torch.tensor([0.5])), r"got Tensor"),
+        (lambda q: B.blob_boxes(q, [0.5], thresholds=[0.5]), r"thresholds given twice"),
+        (lambda q: B.blob_boxes(q, 0.5), r"options must be a SweepOptions or the thresholds, got float"),
         (lambda q: B.blob_boxes(q, threshold=[0.5]), r"unknown sweep option\(s\) \['threshold'\].*'thresholds'"),
     ],
 )
-def test_positional_thresholds_and_misspelt_options_say_what_to_do(call, message: str) -> None:
+def test_bad_options_and_misspelt_options_say_what_to_do(call, message: str) -> None:
     with pytest.raises(TypeError, match=message):
         call(torch.zeros(1, 4, 4, dtype=torch.uint8))
 

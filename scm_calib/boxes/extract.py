@@ -97,14 +97,20 @@ class SweepKeywords(TypedDict, total=False):
     interpolation: str
 
 
-def _options(options: SweepOptions | None, overrides: dict[str, object]) -> SweepOptions:
-    """``options`` (default :class:`SweepOptions`) with the keyword overrides applied."""
+def _options(options: SweepOptions | Tensor | Sequence[float] | None, overrides: dict[str, object]) -> SweepOptions:
+    """``options`` (default :class:`SweepOptions`; a tensor or sequence is the thresholds) with the keyword overrides
+    applied."""
+    if isinstance(options, (Tensor, Sequence)) and not isinstance(options, str):
+        if "thresholds" in overrides:
+            raise TypeError("thresholds given twice, positionally and as thresholds=...; give them once.")
+        overrides = {**overrides, "thresholds": options}  # the thresholds, positionally as before SweepOptions
+        options = None
     if options is None:
         options = SweepOptions()
     elif not isinstance(options, SweepOptions):
         raise TypeError(
-            f"options must be a SweepOptions, got {type(options).__name__}; pass the thresholds and the other "
-            "sweep options by keyword (thresholds=...) or as SweepOptions(thresholds=...)."
+            f"options must be a SweepOptions or the thresholds, got {type(options).__name__}; pass the other "
+            "sweep options by keyword (holes=...) or as SweepOptions(...)."
         )
     unknown = sorted(set(overrides) - {field.name for field in fields(SweepOptions)})
     if unknown:
@@ -199,7 +205,7 @@ def _largest(blobs: _Blobs, num_slots: int) -> Tensor:
 
 def blob_boxes(
     quantized: Tensor,
-    options: SweepOptions | None = None,
+    options: SweepOptions | Tensor | Sequence[float] | None = None,
     *,
     largest_only: bool = False,
     **overrides: Unpack[SweepKeywords],
@@ -208,7 +214,8 @@ def blob_boxes(
 
     Args:
         quantized: (B, H, W) uint8 maps (see :func:`prepare_maps`).
-        options: The sweep's thresholds, holes, chunk size and threads; default :class:`SweepOptions`.
+        options: The sweep's thresholds, holes, chunk size and threads; default :class:`SweepOptions`. A tensor
+            or sequence here is the thresholds alone.
         largest_only: Keep only the blob of largest contour area per (map, threshold), one row each,
             so ``boxes.view(B, T, 4)`` works (MaxBoxAcc). Otherwise every 8-connected blob (MaxBoxAccV2),
             and the holes' boxes with ``holes``.
@@ -260,7 +267,7 @@ def blob_boxes(
 
 def boxes_from_maps(
     maps: Tensor,
-    options: SweepOptions | None = None,
+    options: SweepOptions | Tensor | Sequence[float] | None = None,
     *,
     size: tuple[int, int] | None = None,
     largest_only: bool = False,
@@ -292,7 +299,7 @@ def boxes_from_maps(
 def best_box_iou(
     quantized: Tensor,
     gt_boxes: Sequence[Tensor],
-    options: SweepOptions | None = None,
+    options: SweepOptions | Tensor | Sequence[float] | None = None,
     *,
     clip: bool = True,
     **overrides: Unpack[SweepKeywords],
@@ -302,7 +309,8 @@ def best_box_iou(
     Args:
         quantized: (B, H, W) uint8 maps (see :func:`prepare_maps`).
         gt_boxes: One (K_i, 4) tensor of ground-truth boxes per map, in pixels of the map.
-        options: The sweep's thresholds, holes, chunk size and threads; default :class:`SweepOptions`.
+        options: The sweep's thresholds, holes, chunk size and threads; default :class:`SweepOptions`. A tensor
+            or sequence here is the thresholds alone.
         clip: Clip the boxes' ``x1``, ``y1`` to ``W - 1``, ``H - 1`` (wsolevaluation); TS-CAM's code does not.
         **overrides: Fields of :class:`SweepOptions` replacing those of ``options``, e.g. ``chunk_size=16``.
 
