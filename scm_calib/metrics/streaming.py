@@ -239,9 +239,17 @@ class LocalizationAccuracy(_ProtocolMetric):
             maps: (B, C, H, W) localization maps of all classes (keyword only).
         """
         counts, k = _localization_update(
-            logits, labels, gt_boxes, maps_topk, maps_gt, maps, self.protocol, self.thresholds, self.size,
+            logits,
+            labels,
+            gt_boxes,
+            maps_topk,
+            maps_gt,
+            maps,
+            self.protocol,
+            self.thresholds,
+            self.size,
             self.chunk_size,
-        )  # fmt: skip
+        )
         self._add(counts, counts["count"].device)
         self._k = max(self._k, k)
 
