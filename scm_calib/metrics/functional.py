@@ -21,10 +21,10 @@ __all__ = ["box_accuracy", "localization_accuracy", "pixel_average_precision"]
 
 Maps = Tensor | np.ndarray
 Boxes = Sequence[Tensor | np.ndarray]
-LOC_COUNTS = ("top1_loc", "top5_loc", "gt_known", "top1_cls", "top5_cls", "count")
+_LOC_COUNTS = ("top1_loc", "top5_loc", "gt_known", "top1_cls", "top5_cls", "count")
 
 
-def box_protocol(protocol: str | Protocol, tau: float | None, step: float | None) -> Protocol:
+def _box_protocol(protocol: str | Protocol, tau: float | None, step: float | None) -> Protocol:
     """The protocol of the box metrics, which read MaxBoxAcc at IoU 0.5."""
     protocol = get_protocol(protocol, tau=tau, step=step)
     if 0.5 not in protocol.iou_thresholds:
@@ -119,7 +119,7 @@ def box_accuracy(
             ``size``); the message names the image and the box.
         RuntimeError: No image.
     """
-    protocol = box_protocol(protocol, tau, step)
+    protocol = _box_protocol(protocol, tau, step)
     thresholds = protocol_thresholds(protocol)
     hits_largest, hits_all, count = _box_accuracy_update(maps, gt_boxes, protocol, thresholds, size, chunk_size)
     return _box_accuracy_compute(hits_largest, hits_all, count, thresholds, protocol)
@@ -168,7 +168,7 @@ def _localization_update(
     size: tuple[int, int] | None,
     chunk_size: int | None,
 ) -> tuple[dict[str, Tensor], int]:
-    """The counts of :data:`LOC_COUNTS` of one batch and the number k of maps per image."""
+    """The counts of :data:`_LOC_COUNTS` of one batch and the number k of maps per image."""
     logits, labels = torch.as_tensor(logits).detach(), torch.as_tensor(labels)
     if logits.dim() != 2:
         raise ValueError(f"logits must have shape (B, C), got {tuple(logits.shape)}.")
@@ -314,7 +314,7 @@ def localization_accuracy(
     return _localization_compute(counts, k, thresholds, protocol)
 
 
-def pxap_edges(step: float) -> Tensor:
+def _pxap_edges(step: float) -> Tensor:
     """Right edges ``[step, ..., 1 - step, 1, 2, 3]`` of the score bins, as wsolevaluation's ``MaskEvaluator``."""
     return torch.cat([wsol_thresholds(step), torch.tensor([1.0, 2.0, 3.0], dtype=torch.float64)])
 
@@ -378,5 +378,5 @@ def pixel_average_precision(
         ValueError: Masks of another shape than the (resized) maps.
         RuntimeError: No object pixel in the masks.
     """
-    object_hist, background_hist = _pxap_update(maps, masks, ignore, pxap_edges(step), size)
+    object_hist, background_hist = _pxap_update(maps, masks, ignore, _pxap_edges(step), size)
     return _pxap_compute(object_hist, background_hist)

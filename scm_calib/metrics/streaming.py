@@ -17,15 +17,15 @@ import torch.distributed as dist
 from torch import Tensor
 
 from .functional import (
-    LOC_COUNTS,
+    _LOC_COUNTS,
     _box_accuracy_compute,
     _box_accuracy_update,
+    _box_protocol,
     _localization_compute,
     _localization_update,
     _pxap_compute,
+    _pxap_edges,
     _pxap_update,
-    box_protocol,
-    pxap_edges,
 )
 from .protocols import Protocol, get_protocol, protocol_thresholds
 
@@ -165,7 +165,7 @@ class BoxAccuracy(_ProtocolMetric):
         size: tuple[int, int] | None = None,
         chunk_size: int | None = None,
     ) -> None:
-        super().__init__(box_protocol(protocol, tau, step), size, chunk_size)
+        super().__init__(_box_protocol(protocol, tau, step), size, chunk_size)
         shape = (self.thresholds.numel(), len(self.protocol.iou_thresholds))
         self.add_state("hits_largest", torch.zeros(shape, dtype=torch.int64), counts_images=True)
         self.add_state("hits_all", torch.zeros(shape, dtype=torch.int64), counts_images=True)
@@ -211,7 +211,7 @@ class LocalizationAccuracy(_ProtocolMetric):
     ) -> None:
         super().__init__(get_protocol(protocol, tau=tau, step=step), size, chunk_size)
         num = self.thresholds.numel()
-        for name in LOC_COUNTS:
+        for name in _LOC_COUNTS:
             per_threshold = name in ("top1_loc", "top5_loc", "gt_known")
             state = torch.zeros(num if per_threshold else (), dtype=torch.int64)
             self.add_state(name, state, counts_images=name != "count")
@@ -268,7 +268,7 @@ class PixelAveragePrecision(Metric):
 
     def __init__(self, step: float = 0.001, size: tuple[int, int] | None = None) -> None:
         super().__init__()
-        self.edges = pxap_edges(step)
+        self.edges = _pxap_edges(step)
         self.size = size
         self.add_state("object_hist", torch.zeros(self.edges.numel() - 1, dtype=torch.float64))
         self.add_state("background_hist", torch.zeros(self.edges.numel() - 1, dtype=torch.float64))
