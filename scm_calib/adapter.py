@@ -4,16 +4,18 @@ One line wraps a model::
 
     adapter = SCMAdapter(timm.create_model("deit_small_patch16_224", num_classes=200))
 
-In training mode the logits are the global average of the SCM-calibrated semantic maps (the input of
-the cross-entropy loss); in eval mode they are the average of the raw semantic maps and ``maps`` holds
-the localization maps ``A * S``. :meth:`SCMAdapter.strip` returns the bare encoder for inference, with
-no SCM parameter, no hook and fused attention back.
+In training mode the logits are the global average of the SCM-calibrated class-score maps (the input of
+the cross-entropy loss); in eval mode they are the average of the raw class-score maps ``semantic``, and
+``maps`` holds the localization maps ``attention * semantic`` in both modes (see :class:`SCMOutput`).
+:meth:`SCMAdapter.strip` returns the bare encoder for inference: no SCM parameter, no hook, fused attention back.
 """
 
 from __future__ import annotations
 
 import copy
 import math
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any, NamedTuple
 
 import torch
@@ -38,16 +40,22 @@ _OWNED = "_scm_adapter_owned"
 
 
 class SCMOutput(NamedTuple):
-    """What one forward pass of :class:`SCMAdapter` returns.
+    """What one forward pass of :class:`SCMAdapter` (and :func:`~scm_calib.localize.semantic_and_attention`) returns.
 
-    A named tuple, so ``nn.DataParallel`` gathers it field by field (the ``None`` fields stay ``None``).
+    A named tuple, so ``nn.DataParallel`` gathers it field by field (the ``None`` fields stay ``None``). Three kinds
+    of map, one name each: ``semantic`` (class scores per patch), ``attention`` (class-token attention) and the
+    localization maps ``maps`` = ``attention * semantic`` (:func:`~scm_calib.localize.select_maps` picks one class
+    per image from them).
 
     Attributes:
-        logits: (B, C) class logits; from the calibrated maps in training with SCM, else from ``semantic``.
-        maps: (B, C, h, w) localization maps ``attention * semantic`` for every class.
-        attention: (B, h, w) class-token attention summed over the captured blocks, min-max normalised.
-        semantic: (B, C, h, w) raw semantic maps S from the head.
-        calibrated: (B, C, h, w) SCM-calibrated maps (training with SCM only, else None).
+        logits: (B, C) class logits. In training mode with SCM: the global average of the ``calibrated`` maps, the
+            input of the cross-entropy loss. In eval mode, or without SCM: the global average of the raw
+            ``semantic`` maps, the same logits as the stripped model's (SCM is a training-time module).
+        maps: (B, C, h, w) localization maps ``attention * semantic`` of every class (from the raw, uncalibrated
+            maps in both modes).
+        attention: (B, h, w) class-token attention ``A`` summed over the captured blocks, min-max normalised.
+        semantic: (B, C, h, w) class-score maps ``S`` from the semantic head (raw, uncalibrated).
+        calibrated: (B, C, h, w) SCM-calibrated class-score maps (training with SCM only, else None).
         calibrated_attention: (B, h, w) attention after SCM (training with SCM only, else None).
     """
 
@@ -158,6 +166,29 @@ class SCMAdapter(nn.Module):
         self.embed_dim = model.embed_dim
         self.num_prefix_tokens = model.num_prefix_tokens
         self.eps = eps
+
+    @contextmanager
+    def calibration_disabled(self, disabled: bool = True) -> Iterator[None]:
+        """Runs the adapter without its SCM inside the block (its parameters stay, unused), e.g. to warm up an
+        encoder trained from scratch before calibration starts, as the paper starts from a pretrained one.
+
+        Under DistributedDataParallel the SCM parameters get no gradient in the block: build DDP with
+        ``find_unused_parameters=True``.
+
+        Args:
+            disabled: False leaves SCM on (a no-op block), so a schedule reads ``calibration_disabled(epoch < k)``.
+
+        Example:
+            >>> with adapter.calibration_disabled():
+            ...     logits = adapter(images).logits  # the average of the raw class-score maps, as without SCM
+        """
+        scm = self.scm
+        if disabled:
+            self.scm = None
+        try:
+            yield
+        finally:
+            self.scm = scm
 
     def set_grad_checkpointing(self, enable: bool = True) -> None:
         """Gradient checkpointing of the encoder blocks (timm's non-reentrant checkpoint keeps attention grads)."""

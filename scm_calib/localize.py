@@ -1,53 +1,55 @@
 """Localization maps from a model: ``A * S_c`` (SCM, Bai et al., ECCV 2022, and TS-CAM).
 
-``A`` is the class-token attention summed over blocks and min-max normalised, ``S_c`` the semantic map
-of class ``c``. Works on an :class:`~scm_calib.adapter.SCMAdapter`, on what its ``strip()`` returns
-(a :class:`~scm_calib.adapter.StrippedViT` or a plain timm ViT pooled with ``global_pool="avg"``):
-for a stripped model, attention capture is attached for the call and removed after it, so the model
-stays bare.
+Three kinds of map, one name each (the fields of :class:`~scm_calib.adapter.SCMOutput`):
+
+- ``semantic`` (B, C, h, w): the class-score maps ``S``, one score per patch and class, from the semantic head;
+- ``attention`` (B, h, w): the class-token attention ``A``, summed over blocks and min-max normalised;
+- a localization map (B, h, w): ``A * S_c``, the attention times the class-score map of one selected class
+  ``c`` per image (:func:`select_maps`); ``SCMOutput.maps`` holds it for every class, (B, C, h, w).
+
+Works on an :class:`~scm_calib.adapter.SCMAdapter` and on what its ``strip()`` returns (a
+:class:`~scm_calib.adapter.StrippedViT` or a plain timm ViT pooled with ``global_pool="avg"``): for a stripped
+model, attention capture is attached for the call and removed after it, so the model stays bare.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
 from torch import nn
 
-from .adapter import SCMAdapter, StrippedViT
+from .adapter import SCMAdapter, SCMOutput, StrippedViT
 from .boxes.maps import resize_maps
 from .capture import AttentionCapture, check_supported, class_attention, grid_size, normalize_attention, patch_tokens
 from .heads import LinearHead
 
-__all__ = ["MapsAndLogits", "localization_maps", "semantic_and_attention"]
+__all__ = ["localization_maps", "select_maps", "semantic_and_attention"]
 
 
-@dataclass
-class MapsAndLogits:
-    """Semantic maps, attention and logits of one batch.
-
-    Attributes:
-        logits: (B, C) logits from the raw semantic maps.
-        semantic: (B, C, h, w) semantic maps S.
-        attention: (B, h, w) min-max normalised class-token attention A.
-    """
-
-    logits: torch.Tensor
-    semantic: torch.Tensor
-    attention: torch.Tensor
+def _bare(model: nn.Module) -> nn.Module:
+    """The model inside DistributedDataParallel and ``torch.compile`` wrappers."""
+    while True:
+        if isinstance(model, nn.parallel.DistributedDataParallel):
+            model = model.module
+        elif isinstance(getattr(model, "_orig_mod", None), nn.Module):
+            model = model._orig_mod
+        else:
+            return model
 
 
-def semantic_and_attention(model: nn.Module, images: torch.Tensor, blocks: list[int] | None = None) -> MapsAndLogits:
-    """Runs ``model`` on ``images`` and returns the semantic maps, the attention and the logits.
+def semantic_and_attention(model: nn.Module, images: torch.Tensor, blocks: list[int] | None = None) -> SCMOutput:
+    """Runs ``model`` on ``images`` in eval mode and returns its class-score maps, attention and logits.
 
     Args:
-        model: an SCMAdapter, a StrippedViT, or a plain timm ViT whose classifier is an ``nn.Linear``.
+        model: an SCMAdapter, a StrippedViT, or a plain timm ViT whose classifier is an ``nn.Linear``;
+            DistributedDataParallel and ``torch.compile`` wrappers are looked through.
         images: (B, 3, H, W).
         blocks: blocks whose attention is summed (None: all); ignored for an SCMAdapter (its own setting).
 
     Returns:
-        A :class:`MapsAndLogits`.
+        The eval-mode :class:`~scm_calib.adapter.SCMOutput` (no calibrated fields): ``logits`` the average of
+        the raw ``semantic`` maps, ``semantic`` in float32, ``attention``, and ``maps`` ``A * S_c`` of every class.
     """
+    model = _bare(model)
     if isinstance(model, SCMAdapter):
         was_training = model.training
         model.eval()
@@ -55,7 +57,7 @@ def semantic_and_attention(model: nn.Module, images: torch.Tensor, blocks: list[
             out = model(images)
         finally:
             model.train(was_training)
-        return MapsAndLogits(out.logits, out.semantic.float(), out.attention)
+        return out._replace(semantic=out.semantic.float())
     if isinstance(model, StrippedViT):
         encoder, head = model.encoder, model.head
     elif isinstance(getattr(model, "head", None), nn.Linear):
@@ -74,7 +76,46 @@ def semantic_and_attention(model: nn.Module, images: torch.Tensor, blocks: list[
         attention = normalize_attention(class_attention(rows, encoder.num_prefix_tokens, grid))
     finally:
         capture.remove()
-    return MapsAndLogits(semantic.mean(dim=(2, 3)), semantic, attention)
+    return SCMOutput(semantic.mean(dim=(2, 3)), attention[:, None] * semantic, attention, semantic)
+
+
+def select_maps(output: SCMOutput, classes: str | int | torch.Tensor = "top1") -> torch.Tensor:
+    """Localization maps ``A * S_c``: the attention times the class-score map of the chosen classes of each image.
+
+    Args:
+        output: a model's output (:func:`semantic_and_attention` or an :class:`~scm_calib.adapter.SCMAdapter`);
+            ``"top1"`` and top-k rank classes by ``output.logits`` as they are (the raw ones in eval mode).
+        classes: ``"top1"`` (the predicted class), an int k (the top-k predicted classes, in order),
+            a (B,) tensor of class indices (e.g. the ground truth), or ``"all"``.
+
+    Returns:
+        (B, h, w) float32 for ``"top1"`` or a class tensor; (B, k, h, w) for top-k; (B, C, h, w) for ``"all"``.
+
+    Raises:
+        ValueError: ``classes`` of another kind, k outside ``[1, C]``, or class indices that are not one per image
+            in ``[0, C)``.
+    """
+    semantic, attention = output.semantic.float(), output.attention.float()
+    num_classes = semantic.shape[1]
+    if isinstance(classes, str) and classes == "all":
+        return semantic * attention[:, None]
+    if isinstance(classes, str) and classes == "top1":
+        index = output.logits.argmax(dim=1)
+    elif isinstance(classes, int) and not isinstance(classes, bool):
+        if not 1 <= classes <= num_classes:
+            raise ValueError(f"classes={classes} asks for the top-{classes} of {num_classes} classes.")
+        top = output.logits.topk(classes, dim=1).indices
+        return torch.gather(semantic, 1, top[:, :, None, None].expand(-1, -1, *semantic.shape[2:])) * attention[:, None]
+    elif isinstance(classes, torch.Tensor):
+        index = classes.to(semantic.device).long()
+        if index.shape != (semantic.shape[0],) or index.min() < 0 or index.max() >= num_classes:
+            raise ValueError(
+                f"classes must hold one class index in [0, {num_classes}) per image, a ({semantic.shape[0]},) "
+                f"tensor; got shape {tuple(index.shape)}."
+            )
+    else:
+        raise ValueError(f"classes must be 'top1', 'all', an int k or a (B,) tensor, got {classes!r}.")
+    return semantic[torch.arange(semantic.shape[0], device=semantic.device), index] * attention
 
 
 @torch.no_grad()
@@ -86,7 +127,7 @@ def localization_maps(
     interpolation: str = "bilinear",
     blocks: list[int] | None = None,
 ) -> torch.Tensor:
-    """Localization maps ``A * S_c`` of a model for chosen classes.
+    """Localization maps ``A * S_c`` of a model for chosen classes (:func:`select_maps` of its output).
 
     Args:
         model: an SCMAdapter, a StrippedViT or a stripped timm ViT (see :func:`semantic_and_attention`).
@@ -101,33 +142,7 @@ def localization_maps(
         (B, h, w) for ``"top1"`` or a class tensor; (B, k, h, w) for top-k; (B, C, h, w) for ``"all"``
         (spatial size ``size`` when given).
     """
-    result = semantic_and_attention(model, images, blocks)
-    semantic, attention = result.semantic, result.attention
-    num_classes = semantic.shape[1]
-    if isinstance(classes, str) and classes == "all":
-        index = None
-    elif isinstance(classes, str) and classes == "top1":
-        index = result.logits.argmax(dim=1)
-    elif isinstance(classes, int) and not isinstance(classes, bool):
-        if not 1 <= classes <= num_classes:
-            raise ValueError(f"classes={classes} asks for the top-{classes} of {num_classes} classes.")
-        index = result.logits.topk(classes, dim=1).indices
-    elif isinstance(classes, torch.Tensor):
-        index = classes.to(semantic.device).long()
-        if index.shape != (semantic.shape[0],) or index.min() < 0 or index.max() >= num_classes:
-            raise ValueError(
-                f"classes must hold one class index in [0, {num_classes}) per image, a ({semantic.shape[0]},) "
-                f"tensor; got shape {tuple(index.shape)}."
-            )
-    else:
-        raise ValueError(f"classes must be 'top1', 'all', an int k or a (B,) tensor, got {classes!r}.")
-    if index is None:
-        chosen = semantic
-    elif index.ndim == 1:
-        chosen = semantic[torch.arange(semantic.shape[0], device=semantic.device), index]
-    else:
-        chosen = torch.gather(semantic, 1, index[:, :, None, None].expand(-1, -1, *semantic.shape[2:]))
-    maps = chosen * (attention if chosen.ndim == 3 else attention[:, None])
+    maps = select_maps(semantic_and_attention(model, images, blocks), classes)
     if size is None:
         return maps
     target = (images.shape[-2], images.shape[-1]) if size == "input" else tuple(size)

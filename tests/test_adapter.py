@@ -327,3 +327,16 @@ def test_data_parallel_gathers_the_output(mode, monkeypatch):
     assert isinstance(gathered, SCMOutput)
     assert gathered.logits.shape == (4, 5) and torch.equal(gathered.maps[2:], parts[1].maps)
     assert (gathered.calibrated is None) == (mode == "eval")
+
+
+@pytest.mark.parametrize("disabled", [True, False])
+def test_calibration_disabled_runs_without_scm_inside_the_block(disabled):
+    adapter = SCMAdapter(tiny_model("vit")).train()
+    scm, x = adapter.scm, tiny_input("vit")
+    with adapter.calibration_disabled(disabled):
+        out = adapter(x)
+    assert (out.calibrated is None) == disabled
+    assert torch.allclose(out.logits, out.semantic.float().mean(dim=(2, 3))) == disabled
+    with pytest.raises(KeyError), adapter.calibration_disabled(disabled):
+        raise KeyError("stop")
+    assert adapter.scm is scm and adapter(x).calibrated is not None

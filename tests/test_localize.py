@@ -7,7 +7,7 @@ import torch
 from conftest import tiny_input, tiny_model
 
 import scm_calib
-from scm_calib import SCMAdapter, localization_maps
+from scm_calib import SCMAdapter, SCMOutput, localization_maps, select_maps, semantic_and_attention
 
 
 @pytest.fixture
@@ -80,3 +80,44 @@ def test_constant_image_gives_finite_maps(trained_pair):
 def test_public_names():
     for name in ("SCMAdapter", "SCM", "localization_maps", "save_weights", "load_weights"):
         assert hasattr(scm_calib, name)
+
+
+class _Compiled(torch.nn.Module):
+    """Holds the model as ``_orig_mod``, as ``torch.compile``'s wrapper does."""
+
+    def __init__(self, model: torch.nn.Module) -> None:
+        super().__init__()
+        self._orig_mod = model
+
+
+@pytest.mark.parametrize("kind", ["adapter", "stripped", "compiled"])
+def test_semantic_and_attention_returns_the_eval_output(trained_pair, kind):
+    adapter, stripped, x = trained_pair
+    model = {"adapter": adapter.train(), "stripped": stripped, "compiled": _Compiled(stripped)}[kind]
+    with torch.no_grad():
+        out = semantic_and_attention(model, x)
+    assert isinstance(out, SCMOutput) and out.calibrated is None and out.semantic.dtype == torch.float32
+    assert torch.allclose(out.maps, out.attention[:, None] * out.semantic)
+    assert torch.allclose(out.logits, out.semantic.mean(dim=(2, 3)))
+    assert adapter.training or kind != "adapter"
+
+
+@pytest.mark.parametrize("classes", ["top1", 3, "all", "labels"])
+def test_select_maps_picks_from_the_maps_of_every_class(trained_pair, classes):
+    adapter, _, x = trained_pair
+    with torch.no_grad():
+        out = adapter(x)
+    index = {
+        "top1": out.logits.argmax(1)[:, None],
+        3: out.logits.topk(3, dim=1).indices,
+        "all": torch.arange(6).expand(3, 6),
+        "labels": torch.tensor([[4], [0], [2]]),
+    }[classes]
+    selected = select_maps(out, torch.tensor([4, 0, 2]) if classes == "labels" else classes)
+    expected = out.maps[torch.arange(3)[:, None], index]
+    assert torch.equal(selected, expected.squeeze(1) if classes in ("top1", "labels") else expected)
+    assert torch.equal(localization_maps(adapter, x, classes=classes if classes != "labels" else index[:, 0]), selected)
+
+
+def test_maps_and_logits_is_gone():
+    assert not hasattr(scm_calib.localize, "MapsAndLogits") and scm_calib.select_maps is select_maps

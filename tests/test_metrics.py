@@ -78,17 +78,49 @@ def test_streaming_equals_one_shot_and_states_sum() -> None:
         whole.compute()
 
 
-def test_sync_sums_over_a_process_group(tmp_path: object) -> None:
+def test_compute_inside_a_process_group_leaves_the_state(tmp_path: object) -> None:
     metric = M.BoxAccuracy()
     maps, gt = _random_batch(4)
     metric.update(maps, gt)
-    before = metric.state_dict()
+    before, expected = metric.state_dict(), metric.compute()
     dist.init_process_group("gloo", init_method=f"file://{tmp_path}/store", rank=0, world_size=1)
     try:
-        metric.sync()
+        result = metric.compute()
     finally:
         dist.destroy_process_group()
     assert all(torch.equal(before[k], v) for k, v in metric.state_dict().items())
+    assert (result["MaxBoxAcc"], result["MaxBoxAccV2"]) == (expected["MaxBoxAcc"], expected["MaxBoxAccV2"])
+
+
+def _fed(kind: str) -> M.Metric:
+    maps, gt = _random_batch(4)
+    if kind == "boxes":
+        metric: M.Metric = M.BoxAccuracy()
+        metric.update(maps, gt)
+    elif kind == "localization":
+        logits, labels, gt, maps_topk, maps_gt = _loc_batch()
+        metric = M.LocalizationAccuracy()
+        metric.update(logits, labels, gt, maps_topk, maps_gt)
+    else:
+        metric = M.PixelAveragePrecision(step=0.01)
+        metric.update(maps, maps > 0.5)
+    return metric
+
+
+@pytest.mark.parametrize("kind", ["boxes", "localization", "pxap"])
+def test_compute_sums_the_states_of_every_process(kind: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Two processes that fed the same batch: compute() all-reduces, so it equals one process fed twice."""
+    twice = _fed(kind)
+    twice.load_state_dict({name: value * 2 for name, value in twice.state_dict().items()})
+    metric = _fed(kind)
+    before = metric.state_dict()
+    monkeypatch.setattr(dist, "is_initialized", lambda: True)
+    monkeypatch.setattr(dist, "all_reduce", lambda tensor, op: tensor.mul_(2))
+    result, expected = metric.compute(), twice.compute()
+    assert all(torch.equal(before[name], value) for name, value in metric.state_dict().items())
+    for name, value in expected.items():
+        assert torch.equal(torch.as_tensor(result[name]), torch.as_tensor(value)), name
+    assert not hasattr(metric, "sync")
 
 
 def test_threshold_from_held_out_split_is_applied_fixed() -> None:
@@ -439,3 +471,32 @@ def test_thresholds_outside_the_unit_interval_are_an_error(overrides: dict) -> N
 def test_iou_thresholds_outside_the_unit_interval_are_an_error(deltas: tuple) -> None:
     with pytest.raises(ValueError, match=r"iou_thresholds must lie in \(0, 1\]"):
         M.BoxAccuracy(M.Protocol("custom", iou_thresholds=deltas))
+
+
+@pytest.mark.parametrize("kind", ["boxes", "localization", "pxap"])
+def test_function_equals_the_streaming_class_fed_in_two_batches(kind: str) -> None:
+    maps, gt = _random_batch(6)
+    logits = torch.randn(6, 6, generator=torch.Generator().manual_seed(1))
+    labels = torch.tensor([0, 1, 2, 3, 4, 5])
+    every = torch.stack([maps.roll(c, dims=-1) for c in range(6)], dim=1)  # (6, 6 classes, H, W)
+    if kind == "boxes":
+        metric: M.Metric = M.BoxAccuracy("scm")
+        batches = [(maps[:2], gt[:2]), (maps[2:], gt[2:])]
+        expected = M.box_accuracy(maps, gt, "scm")
+    elif kind == "localization":
+        metric = M.LocalizationAccuracy("wsol")
+        batches = [(logits[:2], labels[:2], gt[:2]), (logits[2:], labels[2:], gt[2:])]
+        expected = M.localization_accuracy(logits, labels, gt, maps=every)
+    else:
+        metric = M.PixelAveragePrecision(step=0.01)
+        batches = [(maps[:2], maps[:2] > 0.5), (maps[2:], maps[2:] > 0.4)]
+        expected = M.pixel_average_precision(maps, torch.cat([maps[:2] > 0.5, maps[2:] > 0.4]), step=0.01)
+    for start, batch in zip((0, 2), batches, strict=True):
+        if kind == "localization":
+            metric.update(*batch, maps=every[start : start + len(batch[0])])
+        else:
+            metric.update(*batch)
+    result = metric.compute()
+    assert result.keys() == expected.keys()
+    for name, value in expected.items():
+        assert torch.equal(torch.as_tensor(result[name]), torch.as_tensor(value)), name

@@ -36,7 +36,6 @@ from scm_calib import (
     UnsupportedModelError,
     box_iou,
     load_weights,
-    localization_maps,
     resize_maps,
     save_weights,
     semantic_and_attention,
@@ -54,7 +53,6 @@ from scm_calib.data import (
 from scm_calib.data.generated import FAMILIES
 from scm_calib.engine import (
     DistributedContext,
-    evaluate,
     load_checkpoint,
     rng_state,
     save_checkpoint,
@@ -63,8 +61,9 @@ from scm_calib.engine import (
     setup_distributed,
     shard,
     train_one_epoch,
-    without_calibration,
 )
+from scm_calib.evaluation import evaluate, summarize
+from scm_calib.localize import select_maps
 from scm_calib.pretrained import WEIGHTS_FILE
 
 CHECKPOINT = "checkpoint.pt"
@@ -286,28 +285,6 @@ def eval_loader(
     )
 
 
-def summarize(val: dict[str, Any] | None, test: dict[str, Any], protocol: str) -> dict[str, Any]:
-    """The headline numbers: test metrics as the protocol defines them and, with a held-out split, test read at
-    the thresholds chosen on it (the principled report)."""
-    scalars = {k: v for k, v in test.items() if isinstance(v, (int, float))}
-    summary: dict[str, Any] = {"protocol": protocol, "test": scalars}
-    if "centre_prior" in test:
-        summary["centre_prior"] = {k: v for k, v in test["centre_prior"].items() if isinstance(v, (int, float))}
-    if val is not None and protocol != "tscam":
-        taus = test["thresholds"]
-        at = {name: int((taus - val[f"best_tau@{name}"]).abs().argmin()) for name in ("30", "50", "70")}
-        v2 = [float(test["curve_v2"][at[name], d]) for d, name in enumerate(("30", "50", "70"))]
-        index = int((taus - val["best_tau"]).abs().argmin())
-        summary["val"] = {k: v for k, v in val.items() if isinstance(v, (int, float))}
-        summary["test_at_val_tau"] = {
-            "MaxBoxAccV2": sum(v2) / 3,
-            "GTKnownLoc": float(test["curve/GTKnownLoc"][index]),
-            "Top1Loc": float(test["curve/Top1Loc"][index]),
-            "tau": float(taus[index]),
-        }
-    return summary
-
-
 def report(config: TrainConfig, summary: dict[str, Any], run_dir: Path) -> str:
     """The closing table: this run's test metrics next to the centre prior's (same run) and, for the generated
     data, the documented runs of docs/results.md (SCM and its baseline, mean of 3 seeds)."""
@@ -420,8 +397,8 @@ def write_figures(
     results = {}
     for title, model in models.items():
         with torch.no_grad():
-            logits = semantic_and_attention(model, batch.images).logits
-        results[title] = (logits.argmax(dim=1), localization_maps(model, batch.images, "top1"))
+            output = semantic_and_attention(model, batch.images)
+        results[title] = (output.logits.argmax(dim=1), select_maps(output, "top1"))
     for row, index in enumerate(indices):
         record = test_set.records[index]
         image = load_image(test_set.image_root / record.path)
@@ -546,7 +523,7 @@ def run(config: TrainConfig, resume: str | None = None) -> dict[str, Any]:
             progress.set_postfix(epoch=epoch + 1, loss=f"{step['loss']:.3f}", lr=f"{step['lr']:.1e}")
 
         stopped = f"training stopped in epoch {epoch + 1} ({run_dir / CHECKPOINT} holds the epochs before it)"
-        with without_calibration(adapter, enabled=epoch < config.scm_start_epoch), reported_as_setup_error(stopped):
+        with adapter.calibration_disabled(epoch < config.scm_start_epoch), reported_as_setup_error(stopped):
             stats, global_step = train_one_epoch(
                 model,
                 loader,
@@ -589,9 +566,16 @@ def run(config: TrainConfig, resume: str | None = None) -> dict[str, Any]:
     val = None
     with reported_as_setup_error(f"evaluation stopped ({run_dir} holds the trained model; --resume evaluates it)"):
         if "val" in datasets:
-            val = evaluate(model, eval_loader(datasets["val"], config, context), context, size, config.protocol)
+            val = evaluate(
+                model, eval_loader(datasets["val"], config, context), size, config.protocol, device=context.device
+            )
         test = evaluate(
-            model, eval_loader(datasets["test"], config, context), context, size, config.protocol, centre_prior=True
+            model,
+            eval_loader(datasets["test"], config, context),
+            size,
+            config.protocol,
+            centre_prior=True,
+            device=context.device,
         )
     summary = summarize(val, test, config.protocol)
     summary["history"] = history

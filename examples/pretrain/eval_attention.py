@@ -21,7 +21,7 @@ import torch
 from scm_calib import SCMAdapter
 from scm_calib.data import CUBDataset, collate_wsol, ensure_generated_dataset
 from scm_calib.data.generated import FAMILIES
-from scm_calib.engine import centre_prior_map
+from scm_calib.evaluation import centre_prior_map
 from scm_calib.localize import semantic_and_attention
 from scm_calib.metrics import BoxAccuracy
 from scm_calib.pretrained import ENCODER_ARCH, ENCODER_KWARGS, create_pretrained_encoder

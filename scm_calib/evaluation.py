@@ -1,0 +1,157 @@
+"""Evaluation of a WSOL model over a data loader: the box and localization metrics of :mod:`scm_calib.metrics`
+on the localization maps ``A * S_c`` (SCM, Bai et al., ECCV 2022), a centre-prior reference map, and the report
+that reads the test split at the thresholds chosen on a held-out split (Choe et al., CVPR 2020).
+
+Example:
+    >>> val = evaluate(adapter, val_loader, image_size=(224, 224))
+    >>> test = evaluate(adapter, test_loader, image_size=(224, 224), centre_prior=True)
+    >>> summary = summarize(val, test, "wsol")  # summary["test_at_val_tau"]: test at the val split's tau
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+
+import torch
+from torch import nn
+
+from .localize import select_maps, semantic_and_attention
+from .metrics import BoxAccuracy, LocalizationAccuracy
+
+__all__ = ["centre_prior_map", "evaluate", "summarize"]
+
+_IOU_NAMES = ("30", "50", "70")
+
+
+@torch.no_grad()
+def evaluate(
+    model: nn.Module,
+    loader: Iterable[Any],
+    image_size: tuple[int, int],
+    protocol: str = "wsol",
+    centre_prior: bool = False,
+    device: torch.device | str | None = None,
+) -> dict[str, Any]:
+    """Box and localization metrics of a model on a dataset (under ``torch.distributed``, each process its shard).
+
+    The localization maps are ``A * S_c`` at the patch grid (:func:`~scm_calib.localize.select_maps` of the top-5
+    and of the ground-truth classes), resized to the input size by the protocol's interpolation. Under an
+    initialised process group the metric states are summed over processes, so every process (all must call it)
+    returns the global numbers.
+
+    Args:
+        model: an SCMAdapter or a stripped model (DDP / ``torch.compile`` wrappers are looked through).
+        loader: yields :class:`~scm_calib.data.WSOLBatch` es with ``boxes_protocol`` (the eval transform).
+        image_size: (H, W) of the input images, the size the maps are resized to.
+        protocol: ``"wsol"``, ``"scm"`` or ``"tscam"`` (see :mod:`scm_calib.metrics`).
+        centre_prior: also score :func:`centre_prior_map` (the same map for every image, with the model's
+            class predictions for Top-k Loc): the reference a map must beat to say anything about the image.
+        device: where the batches go; None: the device of the model's first parameter.
+
+    Returns:
+        The dicts of :func:`~scm_calib.metrics.box_accuracy` and :func:`~scm_calib.metrics.localization_accuracy`
+        merged (``best_tau`` is GT-known Loc's; MaxBoxAcc's is ``best_tau/MaxBoxAcc``); with ``centre_prior``,
+        the centre prior's under ``"centre_prior"``.
+
+    Raises:
+        ValueError: A batch without ``boxes_protocol`` (a training transform).
+    """
+    if device is None:
+        device = next(model.parameters()).device
+    device = torch.device(device)
+    scorers = {"model": _Scorers(protocol, image_size)}
+    if centre_prior:
+        scorers["centre_prior"] = _Scorers(protocol, image_size)
+    for batch in loader:
+        if batch.boxes_protocol is None:
+            raise ValueError("evaluation needs boxes_protocol in the batches; build the dataset with augment=False.")
+        batch = batch.to(device)
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
+            output = semantic_and_attention(model, batch.images)
+        logits = output.logits.float()
+        output = output._replace(logits=logits)
+        maps_topk = select_maps(output, min(5, logits.shape[1]))
+        maps_gt = select_maps(output, batch.labels)
+        scorers["model"].update(logits, batch.labels, batch.boxes_protocol, maps_topk, maps_gt)
+        if centre_prior:
+            prior = centre_prior_map(maps_gt.shape[-2:], device).expand_as(maps_gt)
+            prior_topk = prior[:, None].expand_as(maps_topk)
+            scorers["centre_prior"].update(logits, batch.labels, batch.boxes_protocol, prior_topk, prior)
+    metrics = scorers.pop("model").compute()
+    for name, scorer in scorers.items():
+        metrics[name] = scorer.compute()
+    return metrics
+
+
+def centre_prior_map(size: tuple[int, int] | torch.Size, device: torch.device | str = "cpu") -> torch.Tensor:
+    """A centred Gaussian (standard deviation a quarter of each side), the same for every image: (1, h, w).
+
+    Its level sets are the ellipses centred in the image, so any box metric that sweeps the threshold scores
+    every centred box of the image's aspect; a map that localizes must beat it.
+    """
+    h, w = int(size[0]), int(size[1])
+    ys = (torch.arange(h, device=device, dtype=torch.float32) + 0.5) / h - 0.5
+    xs = (torch.arange(w, device=device, dtype=torch.float32) + 0.5) / w - 0.5
+    return torch.exp(-(ys[:, None] ** 2 + xs[None, :] ** 2) / (2 * 0.25**2))[None]
+
+
+class _Scorers:
+    """The box and localization metrics of one kind of map."""
+
+    def __init__(self, protocol: str, image_size: tuple[int, int]) -> None:
+        self.boxes = BoxAccuracy(protocol, size=image_size)
+        self.localization = LocalizationAccuracy(protocol, size=image_size)
+
+    def update(
+        self,
+        logits: torch.Tensor,
+        labels: torch.Tensor,
+        gt_boxes: list[torch.Tensor],
+        maps_topk: torch.Tensor,
+        maps_gt: torch.Tensor,
+    ) -> None:
+        self.boxes.update(maps_gt, gt_boxes)
+        self.localization.update(logits, labels, gt_boxes, maps_topk, maps_gt)
+
+    def compute(self) -> dict[str, Any]:
+        box_metrics = self.boxes.compute()
+        box_metrics["best_tau/MaxBoxAcc"] = box_metrics.pop("best_tau")
+        return {**box_metrics, **self.localization.compute()}
+
+
+def _scalars(metrics: dict[str, Any]) -> dict[str, float]:
+    return {name: value for name, value in metrics.items() if isinstance(value, (int, float))}
+
+
+def summarize(val: dict[str, Any] | None, test: dict[str, Any], protocol: str) -> dict[str, Any]:
+    """The headline numbers: the test metrics as the protocol defines them and, with a held-out split, the test
+    split read at the thresholds chosen on it (the principled report of Choe et al.).
+
+    Args:
+        val: :func:`evaluate` of the held-out split (e.g. wsolevaluation's ``train-fullsup``), or None.
+        test: :func:`evaluate` of the test split, with the same protocol and threshold grid.
+        protocol: the protocol both were evaluated with; ``"tscam"`` has one fixed ``tau``, so nothing to choose.
+
+    Returns:
+        ``{"protocol", "test"}`` (the scalar test metrics, best ``tau`` on test), ``"centre_prior"`` when ``test``
+        holds it and, with ``val`` (not ``"tscam"``): ``"val"`` and ``"test_at_val_tau"``: ``MaxBoxAccV2`` (each
+        IoU term at the val split's ``best_tau@30`` / ``@50`` / ``@70``), ``GTKnownLoc`` and ``Top1Loc`` at the val
+        split's ``best_tau``, and that ``tau``.
+    """
+    summary: dict[str, Any] = {"protocol": protocol, "test": _scalars(test)}
+    if "centre_prior" in test:
+        summary["centre_prior"] = _scalars(test["centre_prior"])
+    if val is not None and protocol != "tscam":
+        taus = test["thresholds"]
+        at = {name: int((taus - val[f"best_tau@{name}"]).abs().argmin()) for name in _IOU_NAMES}
+        v2 = [float(test["curve_v2"][at[name], d]) for d, name in enumerate(_IOU_NAMES)]
+        index = int((taus - val["best_tau"]).abs().argmin())
+        summary["val"] = _scalars(val)
+        summary["test_at_val_tau"] = {
+            "MaxBoxAccV2": sum(v2) / 3,
+            "GTKnownLoc": float(test["curve/GTKnownLoc"][index]),
+            "Top1Loc": float(test["curve/Top1Loc"][index]),
+            "tau": float(taus[index]),
+        }
+    return summary
