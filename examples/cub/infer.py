@@ -32,7 +32,7 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 from train import SetupError, build_model, save_overlay
 
-from scm_calib import CheckpointError, load_weights, resize_maps, scale_boxes, semantic_and_attention
+from scm_calib import CheckpointError, load_weights, resize_maps, scale_boxes, select_maps, semantic_and_attention
 from scm_calib.boxes import boxes_from_maps
 from scm_calib.data import load_image, wsol_eval_transform
 
@@ -229,7 +229,8 @@ def localize_batch(
     """The top-k classes of every image with a box each, from one forward pass of the model.
 
     The logits, the semantic maps and the attention come from the same pass; the map of a class is ``A * S_c``
-    resized bilinearly to the input, as :func:`scm_calib.localization_maps` computes it.
+    resized bilinearly to the input (:func:`scm_calib.select_maps`), as :func:`scm_calib.localization_maps`
+    computes it.
 
     Args:
         model: the stripped model, on the device of ``images``.
@@ -243,9 +244,7 @@ def localize_batch(
     """
     result = semantic_and_attention(model, images)
     scores, labels = result.logits.softmax(dim=1).topk(topk, dim=1)
-    semantic = result.semantic
-    chosen = torch.gather(semantic, 1, labels[:, :, None, None].expand(-1, -1, *semantic.shape[2:]))
-    maps = resize_maps((chosen * result.attention[:, None]).flatten(0, 1), tuple(images.shape[-2:]), "bilinear")
+    maps = resize_maps(select_maps(result, topk).flatten(0, 1), tuple(images.shape[-2:]), "bilinear")
     found = boxes_from_maps(maps, thresholds=[tau], largest_only=not all_blobs, holes=False)
     boxes, index, maps = found.boxes.cpu(), found.batch_index.cpu(), maps.float().cpu()
     scores, labels = scores.cpu(), labels.cpu()
