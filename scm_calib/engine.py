@@ -1,113 +1,26 @@
-"""Training and evaluation loops for SCM (Bai et al., ECCV 2022) and its TS-CAM baseline, DDP-ready.
+"""Evaluation of SCM (Bai et al., ECCV 2022) and its TS-CAM baseline over a loader, DDP-ready.
 
-The pieces a WSOL trainer needs besides the model: process-group setup that works under ``torchrun`` on
-GPUs (NCCL) and CPUs (gloo), reproducible seeding with RNG states that survive ``torch.load(weights_only=True)``,
-an epoch of training with gradient accumulation and bf16 autocast, a checkpoint that resumes to the same
-result, and an evaluation pass that feeds the streaming metrics of :mod:`scm_calib.metrics` on each process's
-shard and sums their states across processes. ``examples/cub/train.py`` is a thin command line over them.
+An evaluation pass that feeds the streaming metrics of :mod:`scm_calib.metrics` on each process's shard and
+sums their states across processes, and a switch that trains an adapter without its SCM for a while. The
+training loop, DDP setup and seeding are the example trainer's (``examples/cub/engine.py``); training states
+are saved with :func:`scm_calib.checkpoint.save_checkpoint`.
 """
 
 from __future__ import annotations
 
-import os
-import random
-import time
-from collections.abc import Callable, Iterable, Iterator, Sized
-from contextlib import contextmanager, nullcontext
-from dataclasses import dataclass
-from pathlib import Path
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from typing import Any
 
-import numpy as np
 import torch
-import torch.distributed as dist
-import torch.nn.functional as F
+from timm.utils import unwrap_model
 from torch import nn
 
 from scm_calib.adapter import SCMAdapter
-from scm_calib.checkpoint import atomic_write
 from scm_calib.localize import semantic_and_attention
 from scm_calib.metrics import BoxAccuracy, LocalizationAccuracy
 
-__all__ = [
-    "DistributedContext",
-    "evaluate",
-    "load_checkpoint",
-    "rng_state",
-    "save_checkpoint",
-    "seed_everything",
-    "set_rng_state",
-    "setup_distributed",
-    "shard",
-    "train_one_epoch",
-    "unwrap",
-    "without_calibration",
-]
-
-
-@dataclass(frozen=True)
-class DistributedContext:
-    """Where this process stands in a (possibly single-process) job.
-
-    Attributes:
-        rank: global rank (0 without ``torchrun``).
-        world_size: number of processes.
-        local_rank: rank on this node; picks the GPU.
-        device: the device this process trains on.
-    """
-
-    rank: int
-    world_size: int
-    local_rank: int
-    device: torch.device
-
-    @property
-    def is_main(self) -> bool:
-        """Whether this is rank 0, the process that writes files and prints."""
-        return self.rank == 0
-
-    @property
-    def distributed(self) -> bool:
-        """Whether a process group with more than one process is in use."""
-        return self.world_size > 1
-
-
-def setup_distributed(device: str | None = None) -> DistributedContext:
-    """Joins the process group that ``torchrun`` describes (``RANK``, ``WORLD_SIZE``, ``LOCAL_RANK``), if any.
-
-    Args:
-        device: ``"cuda"``, ``"cpu"`` or None (CUDA when available). Each process takes GPU ``LOCAL_RANK``.
-            The backend is NCCL on CUDA and gloo on CPU.
-
-    Returns:
-        The context; a single process (rank 0 of 1) when ``WORLD_SIZE`` is unset or 1.
-    """
-    if device is None:
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    if device not in ("cuda", "cpu"):
-        raise ValueError(f"device must be 'cuda' or 'cpu', got {device!r}.")
-    if device == "cuda" and not torch.cuda.is_available():
-        raise ValueError("device 'cuda' was asked for but CUDA is not available; pass device='cpu'.")
-    world_size = int(os.environ.get("WORLD_SIZE", "1"))
-    rank = int(os.environ.get("RANK", "0"))
-    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
-    torch_device = torch.device(device, local_rank) if device == "cuda" else torch.device("cpu")
-    if device == "cuda":
-        torch.cuda.set_device(torch_device)
-    if world_size > 1 and not dist.is_initialized():
-        dist.init_process_group("nccl" if device == "cuda" else "gloo", rank=rank, world_size=world_size)
-    return DistributedContext(rank, world_size, local_rank, torch_device)
-
-
-def unwrap(model: nn.Module) -> nn.Module:
-    """The model inside DistributedDataParallel and ``torch.compile`` wrappers."""
-    while True:
-        if isinstance(model, nn.parallel.DistributedDataParallel):
-            model = model.module
-        elif hasattr(model, "_orig_mod"):
-            model = model._orig_mod
-        else:
-            return model
+__all__ = ["centre_prior_map", "evaluate", "without_calibration"]
 
 
 @contextmanager
@@ -131,164 +44,11 @@ def without_calibration(adapter: SCMAdapter, enabled: bool = True) -> Iterator[N
         adapter.scm = scm
 
 
-def seed_everything(seed: int) -> None:
-    """Seeds Python's, NumPy's and torch's (CPU and CUDA) global generators."""
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)
-
-
-def rng_state() -> dict[str, Any]:
-    """The global RNG states as tensors and plain types, so a checkpoint loads with ``weights_only=True``.
-
-    Returns:
-        ``{"python": list, "numpy": dict, "torch": uint8 tensor, "cuda": list of uint8 tensors}``.
-    """
-    version, internal, gauss = random.getstate()
-    kind, keys, pos, has_gauss, cached = np.random.get_state()
-    return {
-        "python": [version, list(internal), gauss],
-        "numpy": {
-            "kind": kind,
-            "keys": torch.from_numpy(keys.astype(np.int64)),
-            "pos": int(pos),
-            "has_gauss": int(has_gauss),
-            "cached": float(cached),
-        },
-        "torch": torch.get_rng_state(),
-        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
-    }
-
-
-def set_rng_state(state: dict[str, Any]) -> None:
-    """Restores the global RNG states saved by :func:`rng_state`."""
-    version, internal, gauss = state["python"]
-    random.setstate((version, tuple(internal), gauss))
-    numpy_state = state["numpy"]
-    np.random.set_state(
-        (
-            numpy_state["kind"],
-            numpy_state["keys"].numpy().astype(np.uint32),
-            numpy_state["pos"],
-            numpy_state["has_gauss"],
-            numpy_state["cached"],
-        )
-    )
-    torch.set_rng_state(state["torch"])
-    if state["cuda"] and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
-
-
-def shard(dataset: torch.utils.data.Dataset, context: DistributedContext) -> torch.utils.data.Dataset:
-    """Every ``world_size``-th sample from ``rank`` on: an evaluation shard with no padding or duplicates."""
-    if not context.distributed:
-        return dataset
-    return torch.utils.data.Subset(dataset, range(context.rank, len(dataset), context.world_size))
-
-
-def save_checkpoint(path: str | os.PathLike, state: dict[str, Any]) -> Path:
-    """Writes a training state with ``torch.save`` atomically (a temporary file renamed over ``path``).
-
-    Args:
-        path: the checkpoint file.
-        state: tensors, state dicts and plain types only (see :func:`rng_state`), so that
-            :func:`load_checkpoint` reads it with ``weights_only=True``.
-
-    Returns:
-        The written path.
-    """
-    return atomic_write(path, lambda tmp: torch.save(state, tmp))
-
-
-def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
-    """Reads a state written by :func:`save_checkpoint` with ``torch.load(weights_only=True)`` onto the CPU.
-
-    Raises:
-        FileNotFoundError: ``path`` does not exist.
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"checkpoint {path} does not exist; pass the checkpoint.pt of an earlier run.")
-    return torch.load(path, map_location="cpu", weights_only=True)
-
-
-def train_one_epoch(
-    model: nn.Module,
-    loader: Sized,
-    optimizer: torch.optim.Optimizer,
-    scheduler: Any,
-    context: DistributedContext,
-    global_step: int,
-    accumulation: int = 1,
-    clip_grad: float | None = None,
-    on_step: Callable[[dict[str, float]], None] | None = None,
-) -> tuple[dict[str, float], int]:
-    """One epoch of cross-entropy training on the adapter's logits (calibrated by SCM when it has one).
-
-    Args:
-        model: an :class:`~scm_calib.adapter.SCMAdapter`, possibly wrapped in DDP or ``torch.compile``.
-        loader: yields :class:`~scm_calib.data.WSOLBatch` es and has a length.
-        optimizer: the optimizer.
-        scheduler: a timm scheduler made with ``step_on_epochs=False`` (stepped per update), or None.
-        context: the process's place in the job (device, world size).
-        global_step: optimizer updates done before this epoch.
-        accumulation: micro-batches per optimizer update (gradients summed; DDP syncs on the last only).
-        clip_grad: max gradient norm; None or 0 for no clipping.
-        on_step: called after every micro-batch with ``{"loss", "acc", "lr", "images"}`` of that batch.
-
-    Returns:
-        ``{"loss", "acc", "images_per_s"}`` over the epoch, summed over processes; and the new global step.
-    """
-    if accumulation < 1:
-        raise ValueError(f"accumulation must be >= 1 micro-batches per update, got {accumulation}.")
-    model.train()
-    device = context.device
-    totals = torch.zeros(3, dtype=torch.float64, device=device)  # loss sum, correct, images
-    num_batches = len(loader)
-    start = time.perf_counter()
-    optimizer.zero_grad(set_to_none=True)
-    for index, batch in enumerate(loader):
-        batch = batch.to(device, non_blocking=True)
-        last_micro = (index + 1) % accumulation == 0 or index + 1 == num_batches
-        sync = last_micro or not isinstance(model, nn.parallel.DistributedDataParallel)
-        with nullcontext() if sync else model.no_sync():
-            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
-                logits = model(batch.images).logits
-            loss = F.cross_entropy(logits.float(), batch.labels)
-            (loss / accumulation).backward()
-        if last_micro:
-            if clip_grad:
-                nn.utils.clip_grad_norm_(model.parameters(), clip_grad)
-            optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
-            global_step += 1
-            if scheduler is not None:
-                scheduler.step_update(num_updates=global_step)
-        count = batch.labels.numel()
-        correct = (logits.detach().argmax(dim=1) == batch.labels).sum()
-        totals += torch.stack([loss.detach().double() * count, correct.double(), torch.tensor(count, device=device)])
-        if on_step is not None:
-            on_step(
-                {
-                    "loss": float(loss.detach()),
-                    "acc": float(correct) / count * 100,
-                    "lr": optimizer.param_groups[0]["lr"],
-                    "images": count * context.world_size,
-                }
-            )
-    if context.distributed:
-        dist.all_reduce(totals)
-    elapsed = time.perf_counter() - start
-    loss_sum, correct_sum, images = totals.tolist()
-    stats = {"loss": loss_sum / images, "acc": correct_sum / images * 100, "images_per_s": images / elapsed}
-    return stats, global_step
-
-
 @torch.no_grad()
 def evaluate(
     model: nn.Module,
     loader: Iterable[Any],
-    context: DistributedContext,
+    context: Any,
     image_size: tuple[int, int],
     protocol: str = "wsol",
     centre_prior: bool = False,
@@ -301,7 +61,7 @@ def evaluate(
     Args:
         model: an SCMAdapter or a stripped model (DDP / compile wrappers are looked through).
         loader: yields :class:`~scm_calib.data.WSOLBatch` es with ``boxes_protocol`` (the eval transform).
-        context: the process's place in the job.
+        context: the process's place in the job (anything with a ``device``: the trainer's DistributedContext).
         protocol: ``"wsol"``, ``"scm"`` or ``"tscam"`` (see :mod:`scm_calib.metrics`).
         image_size: (H, W) of the input images, the size the maps are resized to.
         centre_prior: also score :func:`centre_prior_map` (the same map for every image, with the model's
@@ -312,7 +72,7 @@ def evaluate(
         :meth:`~scm_calib.metrics.LocalizationAccuracy.compute` merged (``best_tau`` is GT-known Loc's;
         MaxBoxAcc's is ``best_tau/MaxBoxAcc``); with ``centre_prior``, the centre prior's under ``"centre_prior"``.
     """
-    model = unwrap(model)
+    model = unwrap_model(model)
     scorers = {"model": _Scorers(protocol, image_size)}
     if centre_prior:
         scorers["centre_prior"] = _Scorers(protocol, image_size)
