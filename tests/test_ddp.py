@@ -37,7 +37,6 @@ def _worker(rank: int, port: int, data: str, output: str) -> None:
     )
     import config as cub_config
     import train
-
     from timm.utils import unwrap_model
 
     config = cub_config.PRESETS["generated"].updated(
