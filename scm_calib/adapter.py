@@ -92,6 +92,32 @@ class StrippedViT(nn.Module):
         """(B, 3, H, W) images -> (B, C) logits."""
         return self.forward_maps(x).mean(dim=(2, 3))
 
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, 3, H, W) images -> (B, T, D) the encoder's final normed tokens, prefix tokens first (timm's)."""
+        return self.encoder.forward_features(x)
+
+    def forward_head(
+        self, x: torch.Tensor, pre_logits: bool = False, grid: tuple[int, int] | None = None
+    ) -> torch.Tensor:
+        """(B, T, D) tokens of :meth:`forward_features` -> (B, C) logits, as :meth:`forward` gives them.
+
+        Args:
+            x: the tokens.
+            pre_logits: return the (B, D) average of the patch tokens instead (timm's pooled features).
+            grid: the patch grid (h, w) of the images the tokens came from; None: the encoder's grid at the image
+                size it was created for.
+        """
+        tokens = _token_map(self.encoder, x, grid)
+        return tokens.mean(dim=(2, 3)) if pre_logits else self.head(tokens).mean(dim=(2, 3))
+
+    def group_matcher(self, coarse: bool = False) -> dict[str, Any]:
+        """timm's parameter groups (for layer-wise lr decay): the encoder's groups, then the head last."""
+        return _encoder_group_matcher(self.encoder, coarse)
+
+    def no_weight_decay(self) -> set[str]:
+        """Parameter names to exclude from weight decay: the encoder's (timm)."""
+        return _encoder_no_weight_decay(self.encoder)
+
 
 class SCMAdapter(nn.Module):
     """Wraps a timm ViT for weakly supervised localization with SCM.
@@ -196,21 +222,11 @@ class SCMAdapter(nn.Module):
 
     def group_matcher(self, coarse: bool = False) -> dict[str, Any]:
         """timm's parameter groups (for layer-wise lr decay): the encoder's groups, then the head and SCM last."""
-
-        def prefixed(pattern: str) -> str:
-            return rf"^encoder\.(?:{pattern.removeprefix('^')})"
-
-        groups: dict[str, Any] = {}
-        for name, spec in self.encoder.group_matcher(coarse).items():
-            if isinstance(spec, (list, tuple)):
-                groups[name] = [(prefixed(pattern), suffix) for pattern, suffix in spec]
-            else:
-                groups[name] = prefixed(spec)
-        return groups
+        return _encoder_group_matcher(self.encoder, coarse)
 
     def no_weight_decay(self) -> set[str]:
         """Parameter names to exclude from weight decay: the encoder's (timm) and SCM's scalars."""
-        names = {f"encoder.{n}" for n in getattr(self.encoder, "no_weight_decay", set)()}
+        names = _encoder_no_weight_decay(self.encoder)
         if self.scm is not None:
             names |= {f"scm.{n}" for n, _ in self.scm.named_parameters()}
         return names
@@ -268,6 +284,64 @@ class SCMAdapter(nn.Module):
             encoder.global_pool = "avg"
             return encoder
         return StrippedViT(encoder, head)
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, 3, H, W) images -> (B, T, D) the encoder's final normed tokens, prefix tokens first (timm's).
+
+        No attention is recorded: :meth:`forward` is the pass that feeds SCM.
+        """
+        return self.encoder.forward_features(x)
+
+    def forward_head(
+        self, x: torch.Tensor, pre_logits: bool = False, grid: tuple[int, int] | None = None
+    ) -> torch.Tensor:
+        """(B, T, D) tokens of :meth:`forward_features` -> (B, C) logits of the raw semantic maps.
+
+        These are the eval-mode logits of :meth:`forward`; SCM is not applied, since it needs the attention that
+        only :meth:`forward` captures (train with :meth:`forward`).
+
+        Args:
+            x: the tokens.
+            pre_logits: return the (B, D) average of the patch tokens instead (timm's pooled features; with the
+                linear head, the input of the classifier).
+            grid: the patch grid (h, w) of the images the tokens came from; None: the encoder's grid at the image
+                size it was created for.
+        """
+        tokens = _token_map(self.encoder, x, grid)
+        return tokens.mean(dim=(2, 3)) if pre_logits else self.head(tokens).float().mean(dim=(2, 3))
+
+
+def _token_map(encoder: nn.Module, tokens: torch.Tensor, grid: tuple[int, int] | None) -> torch.Tensor:
+    """(B, T, D) tokens -> (B, D, h, w) patch tokens on ``grid`` (None: the encoder's grid at its image size)."""
+    if grid is None:
+        grid = tuple(encoder.patch_embed.grid_size)
+        patches = tokens.shape[1] - encoder.num_prefix_tokens
+        if patches != grid[0] * grid[1]:
+            raise ValueError(
+                f"the tokens hold {patches} patches, not the {grid[0]} x {grid[1]} grid of the encoder's image size; "
+                "pass grid=(h, w), the patch grid of the images they came from."
+            )
+    return patch_tokens(encoder, tokens, grid)
+
+
+def _encoder_group_matcher(encoder: nn.Module, coarse: bool) -> dict[str, Any]:
+    """The timm encoder's parameter groups under the ``encoder.`` prefix; other parameters fall in the last group."""
+
+    def prefixed(pattern: str) -> str:
+        return rf"^encoder\.(?:{pattern.removeprefix('^')})"
+
+    groups: dict[str, Any] = {}
+    for name, spec in encoder.group_matcher(coarse).items():
+        if isinstance(spec, (list, tuple)):
+            groups[name] = [(prefixed(pattern), suffix) for pattern, suffix in spec]
+        else:
+            groups[name] = prefixed(spec)
+    return groups
+
+
+def _encoder_no_weight_decay(encoder: nn.Module) -> set[str]:
+    """The timm encoder's parameters without weight decay, under the ``encoder.`` prefix."""
+    return {f"encoder.{n}" for n in getattr(encoder, "no_weight_decay", set)()}
 
 
 def _check_linear_head(model: nn.Module) -> None:

@@ -1,9 +1,12 @@
-"""Saving and loading model weights: safetensors, written atomically, checked against the architecture.
+"""Saving and loading model weights and training states: written atomically, read without running pickled code.
 
-A checkpoint records what it holds (the module class, the timm architecture, the number of classes) in
-its metadata, so loading it into the wrong model says what differs instead of failing on a shape deep
-inside ``load_state_dict``. Files written by ``torch.save`` are recognised by their content, whatever their
-suffix, and read with ``torch.load(weights_only=True)``: no pickled code runs.
+A weights file (:func:`save_weights`, safetensors) records what it holds (the module class, the timm
+architecture, the number of classes) in its metadata, so loading it into the wrong model says what differs
+instead of failing on a shape deep inside ``load_state_dict``. Files written by ``torch.save`` are recognised
+by their content, whatever their suffix, and read with ``torch.load(weights_only=True)``: no pickled code runs.
+A training state (:func:`save_checkpoint`: model, optimizer, scheduler, RNG states, ...) is a ``torch.save``
+file of tensors and plain types, also written atomically, so a job killed while writing it leaves the previous
+one intact.
 """
 
 from __future__ import annotations
@@ -15,12 +18,21 @@ import re
 import secrets
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-__all__ = ["CheckpointError", "atomic_write", "describe", "load_weights", "save_weights"]
+__all__ = [
+    "CheckpointError",
+    "atomic_write",
+    "describe",
+    "load_checkpoint",
+    "load_weights",
+    "save_checkpoint",
+    "save_weights",
+]
 
 
 class CheckpointError(ValueError):
@@ -217,3 +229,29 @@ def load_weights(module: nn.Module, path: str | os.PathLike, strict: bool = True
         )
     module.load_state_dict(tensors, strict=strict)
     return meta
+
+
+def save_checkpoint(path: str | os.PathLike, state: dict[str, Any]) -> Path:
+    """Writes a training state with ``torch.save`` atomically (a temporary file renamed over ``path``).
+
+    Args:
+        path: the checkpoint file.
+        state: tensors, state dicts and plain types only (RNG states as tensors and lists), so that
+            :func:`load_checkpoint` reads it with ``weights_only=True``.
+
+    Returns:
+        The written path.
+    """
+    return atomic_write(path, lambda tmp: torch.save(state, tmp))
+
+
+def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
+    """Reads a state written by :func:`save_checkpoint` with ``torch.load(weights_only=True)`` onto the CPU.
+
+    Raises:
+        FileNotFoundError: ``path`` does not exist.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint {path} does not exist; pass the checkpoint.pt of an earlier run.")
+    return torch.load(path, map_location="cpu", weights_only=True)

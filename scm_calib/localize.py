@@ -15,6 +15,7 @@ model, attention capture is attached for the call and removed after it, so the m
 from __future__ import annotations
 
 import torch
+from timm.utils import unwrap_model
 from torch import nn
 
 from .adapter import SCMAdapter, SCMOutput, StrippedViT
@@ -23,17 +24,6 @@ from .capture import AttentionCapture, check_supported, class_attention, grid_si
 from .heads import LinearHead
 
 __all__ = ["localization_maps", "select_maps", "semantic_and_attention"]
-
-
-def _bare(model: nn.Module) -> nn.Module:
-    """The model inside DistributedDataParallel and ``torch.compile`` wrappers."""
-    while True:
-        if isinstance(model, nn.parallel.DistributedDataParallel):
-            model = model.module
-        elif isinstance(getattr(model, "_orig_mod", None), nn.Module):
-            model = model._orig_mod
-        else:
-            return model
 
 
 def semantic_and_attention(model: nn.Module, images: torch.Tensor, blocks: list[int] | None = None) -> SCMOutput:
@@ -49,7 +39,7 @@ def semantic_and_attention(model: nn.Module, images: torch.Tensor, blocks: list[
         The eval-mode :class:`~scm_calib.adapter.SCMOutput` (no calibrated fields): ``logits`` the average of
         the raw ``semantic`` maps, ``semantic`` in float32, ``attention``, and ``maps`` ``A * S_c`` of every class.
     """
-    model = _bare(model)
+    model = unwrap_model(model)  # DistributedDataParallel and torch.compile wrappers
     if isinstance(model, SCMAdapter):
         was_training = model.training
         model.eval()

@@ -3,7 +3,13 @@
 Pure torch plus the standard library (``zlib`` writes the PNG), so no plotting package is needed:
 
     >>> from scm_calib.viz import overlay, save_png
-    >>> save_png("cam.png", overlay(score_map, image, pred_boxes=boxes, gt_boxes=gt))
+    >>> score_map, image = torch.rand(32, 48), torch.rand(3, 32, 48)
+    >>> boxes, gt = torch.tensor([[4, 4, 20, 16]]), torch.tensor([[6, 2, 22, 18]])
+    >>> picture = overlay(score_map, image, pred_boxes=boxes, gt_boxes=gt)
+    >>> picture.shape, picture.dtype
+    (torch.Size([32, 48, 3]), torch.uint8)
+    >>> save_png("cam.png", picture).name
+    'cam.png'
 """
 
 from __future__ import annotations

@@ -10,6 +10,7 @@ import torch
 import torch.nn.functional as F
 from conftest import FAMILIES, tiny_input, tiny_model
 from timm.layers import set_reentrant_ckpt
+from timm.optim import create_optimizer_v2
 
 from scm_calib.adapter import SCMAdapter, SCMOutput, StrippedViT
 from scm_calib.calibration import SCM
@@ -340,3 +341,72 @@ def test_calibration_disabled_runs_without_scm_inside_the_block(disabled):
     with pytest.raises(KeyError), adapter.calibration_disabled(disabled):
         raise KeyError("stop")
     assert adapter.scm is scm and adapter(x).calibrated is not None
+
+
+def _adapter_or_stripped(kind: str, family: str = "vit", head: str = "conv", **kwargs: object) -> torch.nn.Module:
+    adapter = SCMAdapter(tiny_model(family, **kwargs), head=head).eval()
+    return adapter if kind == "adapter" else adapter.strip().eval()
+
+
+@pytest.mark.parametrize(
+    ("family", "head"), [("vit", "conv"), ("deit_distilled", "conv"), ("eva02", "conv"), ("vit", "linear")]
+)
+@pytest.mark.parametrize("kind", ["adapter", "stripped"])
+def test_forward_head_of_forward_features_gives_the_logits(kind, family, head):
+    model = _adapter_or_stripped(kind, family, head)
+    x = tiny_input(family)
+    with torch.no_grad():
+        tokens = model.forward_features(x)
+        logits = model.forward_head(tokens)
+        pooled = model.forward_head(tokens, pre_logits=True)
+        expected = model(x).logits if kind == "adapter" else model(x)
+    assert tokens.shape[0] == 2 and tokens.shape[-1] == 32
+    assert torch.allclose(logits, expected, atol=1e-5)
+    assert pooled.shape == (2, 32)
+
+
+def test_pre_logits_are_timms_average_pooled_features():
+    """With the linear head the adapter's pooled features are those of the timm model that strip() returns."""
+    adapter = SCMAdapter(tiny_model("vit"), head="linear").eval()
+    plain = adapter.strip().eval()
+    x = tiny_input("vit")
+    with torch.no_grad():
+        tokens = adapter.forward_features(x)
+        assert torch.allclose(
+            adapter.forward_head(tokens, pre_logits=True), plain.forward_head(tokens, pre_logits=True)
+        )
+        assert torch.allclose(adapter.forward_head(tokens), plain.forward_head(tokens), atol=1e-5)
+
+
+@pytest.mark.parametrize("kind", ["adapter", "stripped"])
+def test_forward_head_needs_the_grid_of_other_image_sizes(kind):
+    model = _adapter_or_stripped(kind, dynamic_img_size=True)
+    x = torch.randn(1, 3, 32, 48)
+    with torch.no_grad():
+        tokens = model.forward_features(x)
+        with pytest.raises(ValueError, match=r"hold 6 patches, not the 4 x 4 grid .* pass grid=\(h, w\)"):
+            model.forward_head(tokens)
+        assert model.forward_head(tokens, grid=(2, 3)).shape == (1, 5)
+
+
+@pytest.mark.parametrize("kind", ["adapter", "stripped"])
+def test_layer_decay_reaches_every_encoder_block(kind):
+    """timm.optim.create_optimizer_v2(layer_decay=...) reads group_matcher / no_weight_decay of both models."""
+    model = _adapter_or_stripped(kind)
+    optimizer = create_optimizer_v2(model, "adamw", lr=1.0, weight_decay=0.05, layer_decay=0.5)
+    scale = {}
+    decay = {}
+    for group in optimizer.param_groups:
+        for parameter in group["params"]:
+            scale[id(parameter)] = group["lr_scale"]
+            decay[id(parameter)] = group["weight_decay"]
+    named = dict(model.named_parameters())
+    depth = len(model.encoder.blocks)  # groups: embeddings, one per block, the final norm and head(s)
+    assert scale[id(named["encoder.patch_embed.proj.weight"])] == pytest.approx(0.5 ** (depth + 1))
+    assert scale[id(named["encoder.blocks.0.attn.qkv.weight"])] == pytest.approx(0.5**depth)
+    assert scale[id(named["encoder.blocks.1.attn.qkv.weight"])] == pytest.approx(0.5 ** (depth - 1))
+    assert scale[id(named["head.conv.weight"])] == 1.0
+    assert decay[id(named["encoder.pos_embed"])] == 0.0 and decay[id(named["head.conv.weight"])] == 0.05
+    if kind == "adapter":
+        assert scale[id(named["scm.blocks.0.lambda_"])] == 1.0
+        assert all(decay[id(named[name])] == 0.0 for name in named if name.startswith("scm."))

@@ -37,8 +37,7 @@ def _worker(rank: int, port: int, data: str, output: str) -> None:
     )
     import config as cub_config
     import train
-
-    from scm_calib.engine import unwrap
+    from timm.utils import unwrap_model
 
     config = cub_config.PRESETS["generated"].updated(
         dict(
@@ -66,7 +65,7 @@ def _worker(rank: int, port: int, data: str, output: str) -> None:
 
     train.build_model = keep
     summary = train.run(config)
-    weights = torch.cat([p.detach().flatten() for p in unwrap(models[0]).parameters()])
+    weights = torch.cat([p.detach().flatten() for p in unwrap_model(models[0]).parameters()])
     gathered = [torch.zeros_like(weights) for _ in range(WORLD_SIZE)]
     dist.all_gather(gathered, weights)
     result = {"summary": summary, "same_weights": all(torch.equal(g, gathered[0]) for g in gathered)}

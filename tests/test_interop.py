@@ -81,7 +81,7 @@ def test_pxap_of_read_back_maps_equals_direct(tmp_path) -> None:
 def _reference_box_acc_curve(scoremap_root, split_dir, step: float) -> np.ndarray:
     """wsolevaluation's BoxEvaluator, restated: load <root>/<id>.npy, check it, float64 quantisation, largest
     contour (OpenCV), ground truth scaled to 224 with resize_bbox: accuracy (percent) at IoU 0.5 per threshold."""
-    boxes_cv2 = pytest.importorskip("scm_calib.boxes_cv2")
+    boxes_cv2 = pytest.importorskip("scm_calib.boxes.opencv")
     pytest.importorskip("cv2")
     lines = {
         name: (split_dir / f"{name}.txt").read_text().splitlines()

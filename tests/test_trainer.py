@@ -9,7 +9,9 @@ import struct
 import subprocess
 import sys
 import zlib
+from dataclasses import dataclass, fields
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -21,6 +23,7 @@ EXAMPLE = ROOT / "examples" / "cub"
 sys.path.insert(0, str(EXAMPLE))
 
 import config as cub_config  # noqa: E402
+import engine  # noqa: E402
 import train  # noqa: E402
 
 from scm_calib.data import ensure_generated_dataset  # noqa: E402
@@ -477,3 +480,91 @@ def test_checkpoint_flag_with_pretrained_does_not_download(tmp_path: Path, monke
     )
     train.build_model(tiny_config(tmp_path, tmp_path, pretrained=True, checkpoint=str(tmp_path / "encoder.pth")), 3)
     assert asked == [False]
+
+
+@dataclass
+class _Batch:
+    images: torch.Tensor
+    labels: torch.Tensor
+
+    def to(self, device: torch.device, non_blocking: bool = False) -> _Batch:
+        return _Batch(self.images.to(device, non_blocking=non_blocking), self.labels.to(device))
+
+
+class _Classifier(torch.nn.Module):
+    """The smallest model with the adapter's output field ``logits``."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = torch.nn.Linear(4, 3)
+
+    def forward(self, images: torch.Tensor) -> SimpleNamespace:
+        return SimpleNamespace(logits=self.fc(images))
+
+
+@pytest.mark.parametrize(("batches", "log_interval", "logged_at"), [(6, 2, [2, 4, 6]), (5, 2, [2, 4, 5]), (3, 20, [3])])
+def test_train_one_epoch_reads_the_loss_on_the_host_only_at_log_intervals(
+    batches: int, log_interval: int, logged_at: list[int], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    generator = torch.Generator().manual_seed(0)
+    loader = [_Batch(torch.randn(2, 4, generator=generator), torch.tensor([0, 2])) for _ in range(batches)]
+    model = _Classifier()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    context = engine.DistributedContext(0, 1, 0, torch.device("cpu"))
+    reads: list[str] = []
+    for name in ("item", "tolist", "__float__", "__int__", "__bool__"):
+        original = getattr(torch.Tensor, name)
+        monkeypatch.setattr(torch.Tensor, name, lambda self, *a, _f=original, _n=name: reads.append(_n) or _f(self, *a))
+    steps: list[dict[str, float]] = []
+    stats, global_step = engine.train_one_epoch(
+        model, loader, optimizer, None, context, 0, on_step=steps.append, log_interval=log_interval
+    )
+    monkeypatch.undo()
+    assert len(reads) == len(logged_at) + 1, reads  # one read per logged loss, one for the epoch's totals
+    assert [i + 1 for i, step in enumerate(steps) if "loss" in step] == logged_at
+    assert all(step["images"] == 2 for step in steps) and global_step == batches
+    windows = [b - a for a, b in zip([0, *logged_at], logged_at, strict=False)]
+    losses = [step["loss"] for step in steps if "loss" in step]
+    assert sum(loss * size for loss, size in zip(losses, windows, strict=True)) / batches == pytest.approx(
+        stats["loss"]
+    )
+
+
+@pytest.mark.parametrize("setting", [f.name for f in fields(cub_config.TrainConfig) if f.name != "preset"])
+def test_every_setting_is_a_flag_with_its_help_and_preset_values(
+    setting: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("COLUMNS", "1000")  # one line per flag
+    with pytest.raises(SystemExit):
+        train.parse_args(["--help"])
+    lines = capsys.readouterr().out.splitlines()
+    flag = "--" + setting.replace("_", "-")
+    line = next(line for line in lines if line.strip().startswith(flag + " ") or line.strip() == flag)
+    line = line if "default:" in line else lines[lines.index(line) + 1]
+    help_text = next(f for f in fields(cub_config.TrainConfig) if f.name == setting).metadata["help"]
+    assert help_text in line and "default: " in line
+
+
+@pytest.mark.parametrize(
+    ("argv", "setting", "value"),
+    [
+        (["--decay-milestones", "3", "5"], "decay_milestones", [3, 5]),
+        (["--model-kwargs", '{"depth": 2}'], "model_kwargs", {"depth": 2}),
+        (["--baseline"], "baseline", True),
+        (["--layer-decay", "0.5"], "layer_decay", 0.5),
+        (["--device", "cpu"], "device", "cpu"),
+        (["--stop-after", "2"], "stop_after", 2),
+        (["--data-family", "blobs"], "data_family", "blobs"),
+    ],
+)
+def test_flags_are_typed_from_the_fields(argv: list[str], setting: str, value: object) -> None:
+    config, _ = train.parse_args(argv)
+    assert getattr(config, setting) == value
+
+
+def test_help_shows_each_presets_value(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    monkeypatch.setenv("COLUMNS", "1000")
+    with pytest.raises(SystemExit):
+        train.parse_args(["--help"])
+    line = next(line for line in capsys.readouterr().out.splitlines() if line.strip().startswith("--lr "))
+    assert "0.001 with --preset generated" in line and "5e-05 with --preset cub" in line

@@ -9,6 +9,7 @@ RandomCrop 224 -> flip, test Resize 224.
 
 from __future__ import annotations
 
+import argparse
 import json
 import math
 import types
@@ -21,7 +22,7 @@ from typing import Any
 from scm_calib.data.generated import FAMILIES
 from scm_calib.pretrained import ENCODER_ARCH, ENCODER_KWARGS
 
-__all__ = ["DOCUMENTED_RESULTS", "PRESETS", "TrainConfig", "load_config_file"]
+__all__ = ["DOCUMENTED_RESULTS", "PRESETS", "TrainConfig", "add_arguments", "load_config_file"]
 
 # Test metrics of the generated preset per data family (mean of seeds 0, 1, 2; docs/results.md), printed next
 # to a run's own numbers. GT-known Loc and Top-1 Loc at the best tau on test.
@@ -45,86 +46,78 @@ DOCUMENTED_RESULTS: dict[str, dict[str, dict[str, float]]] = {
 class TrainConfig:
     """Everything a run depends on; written to ``<run>/config.json``.
 
-    Attributes:
-        preset: name of the preset the values started from.
-        data_root: a ``CUB_200_2011``-like folder; None generates the default dataset into ``data_cache``.
-        data_cache: folder of the generated datasets (one sub-folder per family).
-        data_family: the generated data family (``scm_calib.data.generated.FAMILIES``) when ``data_root`` is None.
-        model: timm model name.
-        model_kwargs: extra ``timm.create_model`` arguments (e.g. depth, embed_dim, patch_size).
-        pretrained: load timm's pretrained weights from the hub.
-        checkpoint: a local timm checkpoint loaded into the encoder instead (offline); ``"shipped"`` is the
-            encoder shipped with the package (``scm_calib.pretrained.WEIGHTS_FILE``).
-        image_size: side of the square network input.
-        resize_size: side the training images are resized to before the random crop (None: 256/224 of the input).
-        baseline: train without SCM (TS-CAM style).
-        scm_start_epoch: epochs trained without SCM before it is switched on (a warm-up of an encoder trained
-            from scratch; 0 with a pretrained encoder, as the paper).
-        head: semantic head, ``"conv"`` (the paper's 3x3) or ``"linear"``.
-        epochs: training epochs.
-        batch_size: images per process per micro-batch.
-        accumulation: micro-batches per optimizer update.
-        lr: peak learning rate (AdamW).
-        layer_decay: layer-wise learning-rate decay (timm ``create_optimizer_v2``): the head and SCM get ``lr``,
-            encoder block ``i`` of ``n`` gets ``lr * layer_decay ** (n - i)``; None for one rate everywhere.
-        weight_decay: AdamW weight decay.
-        drop_path: stochastic depth rate of the encoder.
-        sched: timm scheduler name (``"cosine"``, ``"step"``, ``"multistep"``, ...).
-        decay_milestones: epochs at which ``"multistep"`` multiplies the learning rate by ``decay_rate``.
-        decay_rate: the factor of ``"step"`` / ``"multistep"``.
-        warmup_epochs: linear warm-up epochs (the schedule steps per update).
-        warmup_lr: learning rate at the start of the warm-up.
-        min_lr: final learning rate of the schedule.
-        clip_grad: max gradient norm; None or 0 (``--clip-grad 0``) for no clipping.
-        seed: seed of weights, data order and augmentation.
-        workers: DataLoader worker processes.
-        threads: torch CPU threads per process (None: torch's default).
-        device: ``"cuda"``, ``"cpu"`` or None (CUDA when available).
-        compile: ``torch.compile`` the model.
-        protocol: evaluation protocol, ``"wsol"``, ``"scm"`` or ``"tscam"``.
-        output: folder holding the run folders.
-        name: run folder name (None: ``<preset>-<scm|baseline>-seed<seed>``).
-        overlays: test images drawn with their maps and boxes at the end.
-        stop_after: stop after this many epochs of this invocation, as if killed (resume with ``--resume``).
+    Each field is a setting: its type, its default and its help (``metadata["help"]``) are declared once here;
+    :func:`add_arguments` makes a command-line flag of each (``data_root`` -> ``--data-root``), the presets
+    override the defaults, and :meth:`validate` checks the values.
     """
 
-    preset: str = "generated"
-    data_root: str | None = None
-    data_cache: str = ".cache/scm_calib/generated"
-    data_family: str = "default"
-    model: str = "vit_tiny_patch16_224"
-    model_kwargs: dict[str, Any] = field(default_factory=dict)
-    pretrained: bool = False
-    checkpoint: str | None = None
-    image_size: int = 224
-    resize_size: int | None = None
-    baseline: bool = False
-    scm_start_epoch: int = 0
-    head: str = "conv"
-    epochs: int = 30
-    batch_size: int = 16
-    accumulation: int = 1
-    lr: float = 5e-5
-    layer_decay: float | None = None
-    weight_decay: float = 0.05
-    drop_path: float = 0.1
-    sched: str = "cosine"
-    decay_milestones: tuple[int, ...] = (10, 12)
-    decay_rate: float = 0.1
-    warmup_epochs: int = 0
-    warmup_lr: float = 1e-6
-    min_lr: float = 1e-6
-    clip_grad: float | None = None
-    seed: int = 0
-    workers: int = 2
-    threads: int | None = None
-    device: str | None = None
-    compile: bool = False
-    protocol: str = "wsol"
-    output: str = "runs"
-    name: str | None = None
-    overlays: int = 8
-    stop_after: int | None = None
+    preset: str = field(default="generated", metadata={"help": "name of the preset the values started from"})
+    data_root: str | None = field(
+        default=None,
+        metadata={"help": "a CUB_200_2011-like folder; none generates the default dataset into --data-cache"},
+    )
+    data_cache: str = field(
+        default=".cache/scm_calib/generated", metadata={"help": "folder of the generated datasets (one per family)"}
+    )
+    data_family: str = field(default="default", metadata={"help": "generated data family (without --data-root)"})
+    model: str = field(default="vit_tiny_patch16_224", metadata={"help": "timm model name"})
+    model_kwargs: dict[str, Any] = field(
+        default_factory=dict, metadata={"help": "JSON object of extra timm.create_model arguments (depth, ...)"}
+    )
+    pretrained: bool = field(default=False, metadata={"help": "load timm's pretrained weights from the hub"})
+    checkpoint: str | None = field(
+        default=None,
+        metadata={
+            "help": "local timm checkpoint loaded into the encoder instead (offline); 'shipped' is the encoder "
+            "shipped with the package (scm_calib.pretrained.WEIGHTS_FILE)"
+        },
+    )
+    image_size: int = field(default=224, metadata={"help": "side of the square network input"})
+    resize_size: int | None = field(
+        default=None, metadata={"help": "side training images are resized to before the random crop (none: 256/224)"}
+    )
+    baseline: bool = field(default=False, metadata={"help": "train without SCM (TS-CAM style)"})
+    scm_start_epoch: int = field(
+        default=0,
+        metadata={"help": "epochs trained without SCM before it is switched on (a warm-up of an encoder from scratch)"},
+    )
+    head: str = field(default="conv", metadata={"help": "semantic head: the paper's 3x3 conv or a per-token linear"})
+    epochs: int = field(default=30, metadata={"help": "training epochs"})
+    batch_size: int = field(default=16, metadata={"help": "images per process per micro-batch"})
+    accumulation: int = field(default=1, metadata={"help": "micro-batches per optimizer update"})
+    lr: float = field(default=5e-5, metadata={"help": "peak learning rate (AdamW)"})
+    layer_decay: float | None = field(
+        default=None,
+        metadata={
+            "help": "layer-wise lr decay (timm create_optimizer_v2): head and SCM at lr, encoder block i of n at "
+            "lr * layer_decay ** (n - i); none for one rate everywhere"
+        },
+    )
+    weight_decay: float = field(default=0.05, metadata={"help": "AdamW weight decay"})
+    drop_path: float = field(default=0.1, metadata={"help": "stochastic depth rate of the encoder"})
+    sched: str = field(default="cosine", metadata={"help": "timm scheduler name (cosine, step, multistep, ...)"})
+    decay_milestones: tuple[int, ...] = field(
+        default=(10, 12), metadata={"help": "epochs at which multistep multiplies the lr by --decay-rate"}
+    )
+    decay_rate: float = field(default=0.1, metadata={"help": "the lr factor of step / multistep"})
+    warmup_epochs: int = field(default=0, metadata={"help": "linear warm-up epochs (the schedule steps per update)"})
+    warmup_lr: float = field(default=1e-6, metadata={"help": "lr at the start of the warm-up"})
+    min_lr: float = field(default=1e-6, metadata={"help": "final lr of the schedule"})
+    clip_grad: float | None = field(default=None, metadata={"help": "max gradient norm; none or 0 for no clipping"})
+    seed: int = field(default=0, metadata={"help": "seed of weights, data order and augmentation"})
+    workers: int = field(default=2, metadata={"help": "DataLoader worker processes"})
+    threads: int | None = field(default=None, metadata={"help": "torch CPU threads per process (none: torch's)"})
+    device: str | None = field(default=None, metadata={"help": "device (none: CUDA when available)"})
+    compile: bool = field(default=False, metadata={"help": "torch.compile the model"})
+    protocol: str = field(default="wsol", metadata={"help": "evaluation protocol (scm_calib.metrics)"})
+    output: str = field(default="runs", metadata={"help": "folder of the run folders"})
+    name: str | None = field(
+        default=None, metadata={"help": "run folder name (none: <preset>-<scm|baseline>-seed<seed>)"}
+    )
+    overlays: int = field(default=8, metadata={"help": "test images drawn with their maps and boxes at the end"})
+    stop_after: int | None = field(
+        default=None, metadata={"help": "stop after this many epochs of this invocation, as if killed (then --resume)"}
+    )
 
     @property
     def run_name(self) -> str:
@@ -283,6 +276,57 @@ PRESETS: dict[str, TrainConfig] = {
         workers=4,
     ),
 }
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Adds a flag for every field of :class:`TrainConfig` but ``preset``: ``--<name with dashes>``, typed from the
+    field's annotation, with its help and its value in each preset.
+
+    Booleans are switches (``--baseline``), tuples take several values (``--decay-milestones 10 12``), dicts a JSON
+    object (``--model-kwargs '{"depth": 6}'``). Flags left out keep the preset's value (the parser should be made
+    with ``argument_default=argparse.SUPPRESS``).
+    """
+    for setting in fields(TrainConfig):
+        if setting.name == "preset":
+            continue
+        flag = "--" + setting.name.replace("_", "-")
+        hint = typing.get_type_hints(TrainConfig)[setting.name]
+        help_text = f"{setting.metadata['help']} ({_preset_values(setting.name)})"
+        if hint is bool:
+            parser.add_argument(flag, dest=setting.name, action="store_true", help=help_text)
+            continue
+        if isinstance(hint, types.UnionType):  # X | None: the flag gives an X
+            hint = next(option for option in typing.get_args(hint) if option is not type(None))
+        arguments: dict[str, Any] = {"dest": setting.name, "help": help_text, "metavar": setting.name.upper()}
+        if typing.get_origin(hint) is tuple:
+            arguments.update(type=typing.get_args(hint)[0], nargs="+")
+        elif typing.get_origin(hint) is dict:
+            arguments["type"] = json.loads
+        else:
+            arguments["type"] = hint
+        if setting.name in _CHOICES:
+            arguments["choices"] = [choice for choice in _CHOICES[setting.name] if choice is not None]
+            del arguments["metavar"]
+        parser.add_argument(flag, **arguments)
+
+
+def _preset_values(name: str) -> str:
+    """A setting's value in each preset, for ``--help``: ``default: X`` when they agree."""
+    shown = {preset: _shown(getattr(config, name)) for preset, config in PRESETS.items()}
+    if len(set(shown.values())) == 1:
+        return f"default: {next(iter(shown.values()))}"
+    return "default: " + ", ".join(f"{value} with --preset {preset}" for preset, value in shown.items())
+
+
+def _shown(value: Any) -> str:
+    """A setting's value as it is typed on the command line (``none`` for None)."""
+    if value is None:
+        return "none"
+    if isinstance(value, tuple):
+        return " ".join(str(item) for item in value)
+    if isinstance(value, dict):
+        return json.dumps(value)
+    return str(value)
 
 
 def load_config_file(path: str | Path) -> dict[str, Any]:

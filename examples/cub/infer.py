@@ -32,8 +32,8 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 from train import SetupError, build_model, save_overlay
 
-from scm_calib import CheckpointError, load_weights, resize_maps, scale_boxes, select_maps, semantic_and_attention
-from scm_calib.boxes import boxes_from_maps
+from scm_calib import CheckpointError, load_weights, scale_boxes, select_maps, semantic_and_attention
+from scm_calib.boxes import boxes_from_maps, resize_maps
 from scm_calib.data import load_image, wsol_eval_transform
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp")

@@ -13,19 +13,29 @@ writes ``runs/generated-scm-seed0/``: ``config.json``, ``history.json``, ``metri
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import math
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import timm
 import torch
-from config import DOCUMENTED_RESULTS, PRESETS, TrainConfig, load_config_file
+from config import DOCUMENTED_RESULTS, PRESETS, TrainConfig, add_arguments, load_config_file
+from engine import (
+    DistributedContext,
+    rng_state,
+    seed_everything,
+    set_rng_state,
+    setup_distributed,
+    shard,
+    train_one_epoch,
+)
 from timm.optim import create_optimizer_v2
 from timm.scheduler import create_scheduler_v2
 from torch import nn
@@ -36,11 +46,10 @@ from scm_calib import (
     UnsupportedModelError,
     box_iou,
     load_weights,
-    resize_maps,
     save_weights,
-    semantic_and_attention,
 )
-from scm_calib.boxes import boxes_from_maps
+from scm_calib.boxes import boxes_from_maps, resize_maps
+from scm_calib.checkpoint import load_checkpoint, save_checkpoint
 from scm_calib.data import (
     CUBDataset,
     DatasetFormatError,
@@ -50,20 +59,8 @@ from scm_calib.data import (
     load_image,
     wsol_train_transform,
 )
-from scm_calib.data.generated import FAMILIES
-from scm_calib.engine import (
-    DistributedContext,
-    load_checkpoint,
-    rng_state,
-    save_checkpoint,
-    seed_everything,
-    set_rng_state,
-    setup_distributed,
-    shard,
-    train_one_epoch,
-)
 from scm_calib.evaluation import evaluate, summarize
-from scm_calib.localize import select_maps
+from scm_calib.localize import select_maps, semantic_and_attention
 from scm_calib.pretrained import WEIGHTS_FILE
 
 CHECKPOINT = "checkpoint.pt"
@@ -83,45 +80,14 @@ def parse_args(argv: list[str] | None = None) -> tuple[TrainConfig, str | None]:
         SetupError: an unknown preset or a bad config file.
     """
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], argument_default=argparse.SUPPRESS)
-    parser.add_argument("--preset", choices=sorted(PRESETS), help="default: cub with --data-root, else generated")
+    parser.add_argument(
+        "--preset",
+        choices=sorted(PRESETS),
+        help="the settings to start from (default: cub with --data-root, else generated)",
+    )
     parser.add_argument("--config", help="JSON file of settings (the fields of config.TrainConfig)")
-    parser.add_argument("--data-root", dest="data_root", help="CUB_200_2011-like folder (default: generated data)")
-    parser.add_argument("--data-cache", dest="data_cache", help="folder of the generated datasets")
-    parser.add_argument("--data-family", dest="data_family", choices=FAMILIES, help="generated data family")
-    parser.add_argument("--model", help="timm model name")
-    parser.add_argument("--model-kwargs", dest="model_kwargs", type=json.loads, help="JSON timm.create_model kwargs")
-    parser.add_argument("--pretrained", action="store_true", help="timm pretrained weights from the hub")
-    parser.add_argument("--checkpoint", help="local timm checkpoint for the encoder (offline pretrained)")
-    parser.add_argument("--image-size", dest="image_size", type=int)
-    parser.add_argument("--resize-size", dest="resize_size", type=int)
-    parser.add_argument("--baseline", action="store_true", help="no SCM: the TS-CAM-style baseline")
-    parser.add_argument("--scm-start-epoch", dest="scm_start_epoch", type=int, help="epochs before SCM is on")
-    parser.add_argument("--head", choices=["conv", "linear"])
-    parser.add_argument("--epochs", type=int)
-    parser.add_argument("--batch-size", dest="batch_size", type=int, help="per process")
-    parser.add_argument("--accumulation", type=int, help="micro-batches per optimizer update")
-    parser.add_argument("--lr", type=float)
-    parser.add_argument("--layer-decay", dest="layer_decay", type=float, help="layer-wise lr decay of the encoder")
-    parser.add_argument("--weight-decay", dest="weight_decay", type=float)
-    parser.add_argument("--drop-path", dest="drop_path", type=float)
-    parser.add_argument("--sched", help="timm scheduler name (cosine, step, multistep, ...)")
-    parser.add_argument("--decay-milestones", dest="decay_milestones", type=int, nargs="+", help="multistep epochs")
-    parser.add_argument("--decay-rate", dest="decay_rate", type=float, help="step / multistep factor")
-    parser.add_argument("--warmup-epochs", dest="warmup_epochs", type=int)
-    parser.add_argument("--warmup-lr", dest="warmup_lr", type=float)
-    parser.add_argument("--min-lr", dest="min_lr", type=float)
-    parser.add_argument("--clip-grad", dest="clip_grad", type=float)
-    parser.add_argument("--seed", type=int)
-    parser.add_argument("--workers", type=int)
-    parser.add_argument("--threads", type=int, help="torch CPU threads per process")
-    parser.add_argument("--device", choices=["cuda", "cpu"])
-    parser.add_argument("--compile", action="store_true", help="torch.compile the model")
-    parser.add_argument("--protocol", choices=["wsol", "scm", "tscam"])
-    parser.add_argument("--output", help="folder of the run folders (default: runs)")
-    parser.add_argument("--name", help="run folder name")
-    parser.add_argument("--overlays", type=int, help="test images drawn at the end")
-    parser.add_argument("--stop-after", dest="stop_after", type=int, help="stop after N epochs, as if killed")
     parser.add_argument("--resume", nargs="?", const="auto", help="continue from <run>/checkpoint.pt or a file")
+    add_arguments(parser)
     args = vars(parser.parse_args(argv))
     resume = args.pop("resume", None)
     preset = args.pop("preset", "cub" if "data_root" in args else "generated")
@@ -285,7 +251,7 @@ def eval_loader(
     )
 
 
-def report(config: TrainConfig, summary: dict[str, Any], run_dir: Path) -> str:
+def results_table(config: TrainConfig, summary: dict[str, Any], run_dir: Path) -> str:
     """The closing table: this run's test metrics next to the centre prior's (same run) and, for the generated
     data, the documented runs of docs/results.md (SCM and its baseline, mean of 3 seeds)."""
     columns = ("MaxBoxAccV2", "MaxBoxAcc", "GTKnownLoc", "Top1Loc", "Top1Cls")
@@ -457,6 +423,36 @@ def run(config: TrainConfig, resume: str | None = None) -> dict[str, Any]:
     Raises:
         SetupError: data, model or checkpoint settings that cannot work.
     """
+    context = start_process(config)
+    run_dir = check_run_dir(config, resume)
+    state = None
+    if resume is not None:
+        state = read_resume_state(run_dir / CHECKPOINT if resume == "auto" else Path(resume), config)
+    if context.distributed:
+        torch.distributed.barrier()  # every process has checked the run folder before rank 0 writes into it
+    datasets = load_datasets(config, context)
+    training = build_training(config, context, datasets["train"])
+    if state is not None:
+        resume_training(training, state, context)
+    if context.is_main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        (run_dir / "config.json").write_text(json.dumps(config.to_json(), indent=1), encoding="utf-8")
+    last_epoch = config.epochs if config.stop_after is None else min(config.epochs, training.epoch + config.stop_after)
+    fit(training, config, context, datasets["train"], run_dir, last_epoch)
+    if last_epoch < config.epochs:
+        return {"stopped_after_epoch": last_epoch}
+    if context.is_main:
+        metadata = {"config": json.dumps(config.to_json()), "classes": json.dumps(datasets["train"].class_names)}
+        save_weights(training.adapter.strip(), run_dir / "model_stripped.safetensors", metadata=metadata)
+    return report(training, config, context, datasets, run_dir)
+
+
+def start_process(config: TrainConfig) -> DistributedContext:
+    """Checks the settings, joins the process group, sets the CPU threads and seeds this process.
+
+    Raises:
+        SetupError: a setting that cannot work (see :meth:`TrainConfig.validate`) or a device that is not there.
+    """
     try:
         config.validate()
         context = setup_distributed(config.device)
@@ -468,16 +464,34 @@ def run(config: TrainConfig, resume: str | None = None) -> dict[str, Any]:
     # some 4x slower; flushing them to zero left every loss of the default run unchanged.
     torch.set_flush_denormal(True)
     seed_everything(config.seed + context.rank)
-    run_dir = check_run_dir(config, resume)
-    state = None
-    if resume is not None:
-        state = read_resume_state(run_dir / CHECKPOINT if resume == "auto" else Path(resume), config)
-    if context.distributed:
-        torch.distributed.barrier()  # every process has checked the run folder before rank 0 writes into it
-    datasets = load_datasets(config, context)
-    num_classes = datasets["train"].num_classes
-    adapter = build_model(config, num_classes).to(context.device)
-    shard_size = math.ceil(len(datasets["train"]) / context.world_size)
+    return context
+
+
+@dataclass
+class Training:
+    """What a run trains and how far it got.
+
+    Attributes:
+        adapter: the model (the bare adapter: no DDP or compile wrapper).
+        optimizer: timm's AdamW over the adapter's parameters.
+        scheduler: timm's scheduler, stepped per optimizer update.
+        epoch: epochs done.
+        global_step: optimizer updates done.
+        history: one row of training statistics per epoch done.
+    """
+
+    adapter: SCMAdapter
+    optimizer: torch.optim.Optimizer
+    scheduler: Any
+    epoch: int = 0
+    global_step: int = 0
+    history: list[dict[str, float]] = field(default_factory=list)
+
+
+def build_training(config: TrainConfig, context: DistributedContext, train_set: Any) -> Training:
+    """The model on this process's device, its optimizer and its learning-rate schedule, before any epoch."""
+    adapter = build_model(config, train_set.num_classes).to(context.device)
+    shard_size = math.ceil(len(train_set) / context.world_size)
     updates_per_epoch = math.ceil(math.ceil(shard_size / config.batch_size) / config.accumulation)
     optimizer = create_optimizer_v2(
         adapter, "adamw", lr=config.lr, weight_decay=config.weight_decay, layer_decay=config.layer_decay
@@ -494,15 +508,32 @@ def run(config: TrainConfig, resume: str | None = None) -> dict[str, Any]:
         step_on_epochs=False,
         updates_per_epoch=updates_per_epoch,
     )
-    start_epoch, global_step, history = 0, 0, []
-    if state is not None:
-        adapter.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        start_epoch, global_step, history = state["epoch"], state["global_step"], state["history"]
-        rng = state["rng"]
-        if len(rng) == context.world_size:
-            set_rng_state(rng[context.rank])
+    return Training(adapter, optimizer, scheduler)
+
+
+def resume_training(training: Training, state: dict[str, Any], context: DistributedContext) -> None:
+    """Restores the model, optimizer, scheduler, progress and (with the same number of processes) the RNG states
+    of a ``checkpoint.pt`` (from :func:`read_resume_state`)."""
+    training.adapter.load_state_dict(state["model"])
+    training.optimizer.load_state_dict(state["optimizer"])
+    training.scheduler.load_state_dict(state["scheduler"])
+    training.epoch, training.global_step, training.history = state["epoch"], state["global_step"], state["history"]
+    rng = state["rng"]
+    if len(rng) == context.world_size:
+        set_rng_state(rng[context.rank])
+
+
+def fit(
+    training: Training,
+    config: TrainConfig,
+    context: DistributedContext,
+    train_set: torch.utils.data.Dataset,
+    run_dir: Path,
+    last_epoch: int,
+) -> None:
+    """Trains the epochs from ``training.epoch`` to ``last_epoch``; after each, rank 0 writes ``history.json`` and
+    ``checkpoint.pt`` (atomically)."""
+    adapter = training.adapter
     model: nn.Module = adapter
     if context.distributed:
         device_ids = [context.device.index] if context.device.type == "cuda" else None
@@ -510,85 +541,92 @@ def run(config: TrainConfig, resume: str | None = None) -> dict[str, Any]:
         model = nn.parallel.DistributedDataParallel(adapter, device_ids=device_ids, find_unused_parameters=warmup)
     if config.compile:
         model = torch.compile(model)
-    if context.is_main:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        (run_dir / "config.json").write_text(json.dumps(config.to_json(), indent=1), encoding="utf-8")
-    last_epoch = config.epochs if config.stop_after is None else min(config.epochs, start_epoch + config.stop_after)
-    progress = make_progress(context, total=(last_epoch - start_epoch) * shard_size * context.world_size)
-    for epoch in range(start_epoch, last_epoch):
-        loader = train_loader(datasets["train"], config, context, epoch)
-
-        def on_step(step: dict[str, float], epoch: int = epoch) -> None:
-            progress.update(step["images"])
-            progress.set_postfix(epoch=epoch + 1, loss=f"{step['loss']:.3f}", lr=f"{step['lr']:.1e}")
-
+    shard_size = math.ceil(len(train_set) / context.world_size)
+    progress = make_progress(context, total=(last_epoch - training.epoch) * shard_size * context.world_size)
+    for epoch in range(training.epoch, last_epoch):
         stopped = f"training stopped in epoch {epoch + 1} ({run_dir / CHECKPOINT} holds the epochs before it)"
         with adapter.calibration_disabled(epoch < config.scm_start_epoch), reported_as_setup_error(stopped):
-            stats, global_step = train_one_epoch(
+            stats, training.global_step = train_one_epoch(
                 model,
-                loader,
-                optimizer,
-                scheduler,
+                train_loader(train_set, config, context, epoch),
+                training.optimizer,
+                training.scheduler,
                 context,
-                global_step,
+                training.global_step,
                 config.accumulation,
                 config.clip_grad,
-                on_step,
+                on_step=functools.partial(show_step, progress, epoch),
             )
-        history.append({"epoch": epoch + 1, "lr": optimizer.param_groups[0]["lr"], **stats})
-        if context.is_main:
-            (run_dir / "history.json").write_text(json.dumps(history, indent=1), encoding="utf-8")
-        rng = [rng_state()]
-        if context.distributed:
-            rng = [None] * context.world_size
-            torch.distributed.all_gather_object(rng, rng_state())
-        if context.is_main:
-            save_checkpoint(
-                run_dir / CHECKPOINT,
-                {
-                    "model": adapter.state_dict(),
-                    "optimizer": optimizer.state_dict(),
-                    "scheduler": scheduler.state_dict(),
-                    "epoch": epoch + 1,
-                    "global_step": global_step,
-                    "history": history,
-                    "rng": rng,
-                    "config": config.to_json(),
-                },
-            )
+        training.epoch = epoch + 1
+        training.history.append({"epoch": epoch + 1, "lr": training.optimizer.param_groups[0]["lr"], **stats})
+        save_training(training, config, context, run_dir)
     progress.close()
-    if last_epoch < config.epochs:
-        return {"stopped_after_epoch": last_epoch}
+
+
+def show_step(progress: Any, epoch: int, step: dict[str, float]) -> None:
+    """Advances the progress bar by a micro-batch of :func:`engine.train_one_epoch`; shows its loss when read."""
+    progress.update(step["images"])
+    if "loss" in step:
+        progress.set_postfix(epoch=epoch + 1, loss=f"{step['loss']:.3f}", lr=f"{step['lr']:.1e}")
+
+
+def save_training(training: Training, config: TrainConfig, context: DistributedContext, run_dir: Path) -> None:
+    """Rank 0 writes ``history.json`` and ``checkpoint.pt`` with the RNG states of every process."""
     if context.is_main:
-        metadata = {"config": json.dumps(config.to_json()), "classes": json.dumps(datasets["train"].class_names)}
-        save_weights(adapter.strip(), run_dir / "model_stripped.safetensors", metadata=metadata)
+        (run_dir / "history.json").write_text(json.dumps(training.history, indent=1), encoding="utf-8")
+    rng = [rng_state()]
+    if context.distributed:
+        rng = [None] * context.world_size
+        torch.distributed.all_gather_object(rng, rng_state())
+    if context.is_main:
+        save_checkpoint(
+            run_dir / CHECKPOINT,
+            {
+                "model": training.adapter.state_dict(),
+                "optimizer": training.optimizer.state_dict(),
+                "scheduler": training.scheduler.state_dict(),
+                "epoch": training.epoch,
+                "global_step": training.global_step,
+                "history": training.history,
+                "rng": rng,
+                "config": config.to_json(),
+            },
+        )
+
+
+def report(
+    training: Training,
+    config: TrainConfig,
+    context: DistributedContext,
+    datasets: dict[str, torch.utils.data.Dataset],
+    run_dir: Path,
+) -> dict[str, Any]:
+    """Evaluates the trained model on the held-out and test splits; rank 0 writes ``metrics.json``, the curves and
+    overlays, and prints the results table.
+
+    Returns:
+        The summary written to ``metrics.json`` (see :func:`summarize`) with the training history.
+    """
     size = (config.image_size, config.image_size)
     val = None
     with reported_as_setup_error(f"evaluation stopped ({run_dir} holds the trained model; --resume evaluates it)"):
         if "val" in datasets:
-            val = evaluate(
-                model, eval_loader(datasets["val"], config, context), size, config.protocol, device=context.device
-            )
-        test = evaluate(
-            model,
-            eval_loader(datasets["test"], config, context),
-            size,
-            config.protocol,
-            centre_prior=True,
-            device=context.device,
-        )
+            val_loader = eval_loader(datasets["val"], config, context)
+            val = evaluate(training.adapter, val_loader, size, config.protocol, device=context.device)
+        test_loader = eval_loader(datasets["test"], config, context)
+        test = evaluate(training.adapter, test_loader, size, config.protocol, centre_prior=True, device=context.device)
     summary = summarize(val, test, config.protocol)
-    summary["history"] = history
+    summary["history"] = training.history
     if context.is_main:
         (run_dir / "metrics.json").write_text(json.dumps(summary, indent=1), encoding="utf-8")
         tau = summary.get("test_at_val_tau", {}).get("tau", test["best_tau"])
-        models: dict[str, nn.Module] = {"baseline" if config.baseline else "SCM": adapter}
-        twin = twin_model(config, num_classes) if config.overlays > 0 else None
+        models: dict[str, nn.Module] = {"baseline" if config.baseline else "SCM": training.adapter}
+        twin = twin_model(config, datasets["train"].num_classes) if config.overlays > 0 else None
         if twin is not None:
             models[twin[0]] = twin[1]
         models = dict(sorted(models.items(), key=lambda item: item[0] != "SCM"))  # SCM first
-        write_figures(run_dir, models, history, datasets["test"], config.overlays, tau)
-        print(report(config, summary, run_dir))
+        write_figures(run_dir, models, training.history, datasets["test"], config.overlays, tau)
+        print(results_table(config, summary, run_dir))
     return summary
 
 

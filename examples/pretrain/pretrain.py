@@ -28,10 +28,9 @@ import torch.nn.functional as F
 from timm.optim import create_optimizer_v2
 from timm.scheduler import CosineLRScheduler
 
-from scm_calib.checkpoint import load_weights, save_weights
+from scm_calib.checkpoint import load_checkpoint, load_weights, save_checkpoint, save_weights
 from scm_calib.data import IMAGENET_MEAN, IMAGENET_STD
 from scm_calib.data.shapes import num_shape_classes, render_shapes
-from scm_calib.engine import load_checkpoint, save_checkpoint
 from scm_calib.pretrained import ENCODER_ARCH, ENCODER_KWARGS, WEIGHTS_FILE
 
 

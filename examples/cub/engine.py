@@ -1,9 +1,10 @@
-"""The training loop for SCM (Bai et al., ECCV 2022) and its TS-CAM baseline, DDP-ready.
+"""The example trainer's loop and process helpers: DDP setup, reproducible seeding, one epoch of training.
 
-The pieces a WSOL trainer needs besides the model: process-group setup that works under ``torchrun`` on
-GPUs (NCCL) and CPUs (gloo), reproducible seeding with RNG states that survive ``torch.load(weights_only=True)``,
-an epoch of training with gradient accumulation and bf16 autocast, and a checkpoint that resumes to the same
-result. Evaluation lives in :mod:`scm_calib.evaluation`. ``examples/cub/train.py`` is a thin command line over them.
+These are the parts of ``train.py`` that are not about CUB or SCM's settings: process-group setup that works
+under ``torchrun`` on GPUs (NCCL) and CPUs (gloo), seeding with RNG states that survive
+``torch.load(weights_only=True)``, and an epoch of cross-entropy training with gradient accumulation and bf16
+autocast. They stay in the example, as timm keeps its loop in its ``train.py``; the library keeps what another
+code base would import (:mod:`scm_calib.checkpoint` for the training state, :mod:`scm_calib.metrics`).
 """
 
 from __future__ import annotations
@@ -14,7 +15,6 @@ import time
 from collections.abc import Callable, Sized
 from contextlib import nullcontext
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -23,19 +23,14 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
-from scm_calib.checkpoint import atomic_write
-
 __all__ = [
     "DistributedContext",
-    "load_checkpoint",
     "rng_state",
-    "save_checkpoint",
     "seed_everything",
     "set_rng_state",
     "setup_distributed",
     "shard",
     "train_one_epoch",
-    "unwrap",
 ]
 
 
@@ -93,15 +88,11 @@ def setup_distributed(device: str | None = None) -> DistributedContext:
     return DistributedContext(rank, world_size, local_rank, torch_device)
 
 
-def unwrap(model: nn.Module) -> nn.Module:
-    """The model inside DistributedDataParallel and ``torch.compile`` wrappers."""
-    while True:
-        if isinstance(model, nn.parallel.DistributedDataParallel):
-            model = model.module
-        elif hasattr(model, "_orig_mod"):
-            model = model._orig_mod
-        else:
-            return model
+def shard(dataset: torch.utils.data.Dataset, context: DistributedContext) -> torch.utils.data.Dataset:
+    """Every ``world_size``-th sample from ``rank`` on: an evaluation shard with no padding or duplicates."""
+    if not context.distributed:
+        return dataset
+    return torch.utils.data.Subset(dataset, range(context.rank, len(dataset), context.world_size))
 
 
 def seed_everything(seed: int) -> None:
@@ -152,39 +143,6 @@ def set_rng_state(state: dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-def shard(dataset: torch.utils.data.Dataset, context: DistributedContext) -> torch.utils.data.Dataset:
-    """Every ``world_size``-th sample from ``rank`` on: an evaluation shard with no padding or duplicates."""
-    if not context.distributed:
-        return dataset
-    return torch.utils.data.Subset(dataset, range(context.rank, len(dataset), context.world_size))
-
-
-def save_checkpoint(path: str | os.PathLike, state: dict[str, Any]) -> Path:
-    """Writes a training state with ``torch.save`` atomically (a temporary file renamed over ``path``).
-
-    Args:
-        path: the checkpoint file.
-        state: tensors, state dicts and plain types only (see :func:`rng_state`), so that
-            :func:`load_checkpoint` reads it with ``weights_only=True``.
-
-    Returns:
-        The written path.
-    """
-    return atomic_write(path, lambda tmp: torch.save(state, tmp))
-
-
-def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
-    """Reads a state written by :func:`save_checkpoint` with ``torch.load(weights_only=True)`` onto the CPU.
-
-    Raises:
-        FileNotFoundError: ``path`` does not exist.
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"checkpoint {path} does not exist; pass the checkpoint.pt of an earlier run.")
-    return torch.load(path, map_location="cpu", weights_only=True)
-
-
 def train_one_epoch(
     model: nn.Module,
     loader: Sized,
@@ -195,8 +153,12 @@ def train_one_epoch(
     accumulation: int = 1,
     clip_grad: float | None = None,
     on_step: Callable[[dict[str, float]], None] | None = None,
+    log_interval: int = 20,
 ) -> tuple[dict[str, float], int]:
     """One epoch of cross-entropy training on the adapter's logits (calibrated by SCM when it has one).
+
+    The loss and accuracy are summed on the device; they are read on the host (a device sync) only every
+    ``log_interval`` micro-batches and at the end of the epoch, so the device runs ahead of the Python loop.
 
     Args:
         model: an :class:`~scm_calib.adapter.SCMAdapter`, possibly wrapped in DDP or ``torch.compile``.
@@ -207,16 +169,24 @@ def train_one_epoch(
         global_step: optimizer updates done before this epoch.
         accumulation: micro-batches per optimizer update (gradients summed; DDP syncs on the last only).
         clip_grad: max gradient norm; None or 0 for no clipping.
-        on_step: called after every micro-batch with ``{"loss", "acc", "lr", "images"}`` of that batch.
+        on_step: called after every micro-batch with ``{"images", "lr"}`` (images of all processes); every
+            ``log_interval`` micro-batches and after the last one also with ``"loss"``, this process's mean
+            loss over the micro-batches since the previous ``"loss"``.
+        log_interval: micro-batches between two reads of the loss for ``on_step``.
 
     Returns:
         ``{"loss", "acc", "images_per_s"}`` over the epoch, summed over processes; and the new global step.
     """
     if accumulation < 1:
         raise ValueError(f"accumulation must be >= 1 micro-batches per update, got {accumulation}.")
+    if log_interval < 1:
+        raise ValueError(f"log_interval must be >= 1 micro-batches, got {log_interval}.")
     model.train()
     device = context.device
-    totals = torch.zeros(3, dtype=torch.float64, device=device)  # loss sum, correct, images
+    loss_sum = torch.zeros((), dtype=torch.float64, device=device)  # per-image loss summed over the epoch
+    correct = torch.zeros((), dtype=torch.float64, device=device)
+    images = 0
+    logged_loss, logged_images = 0.0, 0  # loss_sum and images at the last read for on_step
     num_batches = len(loader)
     start = time.perf_counter()
     optimizer.zero_grad(set_to_none=True)
@@ -238,20 +208,20 @@ def train_one_epoch(
             if scheduler is not None:
                 scheduler.step_update(num_updates=global_step)
         count = batch.labels.numel()
-        correct = (logits.detach().argmax(dim=1) == batch.labels).sum()
-        totals += torch.stack([loss.detach().double() * count, correct.double(), torch.tensor(count, device=device)])
+        images += count
+        loss_sum += loss.detach().double() * count
+        correct += (logits.detach().argmax(dim=1) == batch.labels).sum()
         if on_step is not None:
-            on_step(
-                {
-                    "loss": float(loss.detach()),
-                    "acc": float(correct) / count * 100,
-                    "lr": optimizer.param_groups[0]["lr"],
-                    "images": count * context.world_size,
-                }
-            )
+            step = {"images": count * context.world_size, "lr": optimizer.param_groups[0]["lr"]}
+            if (index + 1) % log_interval == 0 or index + 1 == num_batches:
+                total = float(loss_sum)
+                step["loss"] = (total - logged_loss) / (images - logged_images)
+                logged_loss, logged_images = total, images
+            on_step(step)
+    totals = torch.stack([loss_sum, correct, torch.tensor(float(images), dtype=torch.float64, device=device)])
     if context.distributed:
         dist.all_reduce(totals)
+    loss_total, correct_total, images_total = totals.tolist()  # waits for the device: the epoch's true time
     elapsed = time.perf_counter() - start
-    loss_sum, correct_sum, images = totals.tolist()
-    stats = {"loss": loss_sum / images, "acc": correct_sum / images * 100, "images_per_s": images / elapsed}
-    return stats, global_step
+    stats = {"loss": loss_total / images_total, "acc": correct_total / images_total * 100}
+    return {**stats, "images_per_s": images_total / elapsed}, global_step
