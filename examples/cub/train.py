@@ -25,9 +25,10 @@ from typing import Any
 import numpy as np
 import timm
 import torch
-from config import DOCUMENTED_RESULTS, PRESETS, TrainConfig, load_config_file
+from config import DOCUMENTED_RESULTS, PRESETS, TrainConfig, load_config_file, step_decay_epochs
 from timm.optim import create_optimizer_v2
 from timm.scheduler import create_scheduler_v2
+from timm.scheduler.scheduler import Scheduler
 from torch import nn
 
 from scm_calib import (
@@ -84,9 +85,15 @@ def parse_args(argv: list[str] | None = None) -> tuple[TrainConfig, str | None]:
         SetupError: an unknown preset or a bad config file.
     """
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], argument_default=argparse.SUPPRESS)
-    parser.add_argument("--preset", choices=sorted(PRESETS), help="default: cub with --data-root, else generated")
+    parser.add_argument(
+        "--preset",
+        choices=sorted(PRESETS),
+        help="default: ilsvrc with --dataset ilsvrc, cub with --data-root, else generated",
+    )
     parser.add_argument("--config", help="JSON file of settings (the fields of config.TrainConfig)")
-    parser.add_argument("--data-root", dest="data_root", help="CUB_200_2011-like folder (default: generated data)")
+    parser.add_argument("--dataset", choices=["cub", "ilsvrc", "wsol"], help=TrainConfig.field_help("dataset"))
+    parser.add_argument("--data-root", dest="data_root", help="dataset folder (default: generated data, CUB layout)")
+    parser.add_argument("--metadata-root", dest="metadata_root", help=TrainConfig.field_help("metadata_root"))
     parser.add_argument("--data-cache", dest="data_cache", help="folder of the generated datasets")
     parser.add_argument("--data-family", dest="data_family", choices=FAMILIES, help="generated data family")
     parser.add_argument("--model", help="timm model name")
@@ -105,9 +112,11 @@ def parse_args(argv: list[str] | None = None) -> tuple[TrainConfig, str | None]:
     parser.add_argument("--layer-decay", dest="layer_decay", type=float, help="layer-wise lr decay of the encoder")
     parser.add_argument("--weight-decay", dest="weight_decay", type=float)
     parser.add_argument("--drop-path", dest="drop_path", type=float)
-    parser.add_argument("--sched", help="timm scheduler name (cosine, step, multistep, ...)")
-    parser.add_argument("--decay-milestones", dest="decay_milestones", type=int, nargs="+", help="multistep epochs")
-    parser.add_argument("--decay-rate", dest="decay_rate", type=float, help="step / multistep factor")
+    parser.add_argument(
+        "--lr-schedule", dest="lr_schedule", choices=["cosine", "step"], help=TrainConfig.field_help("lr_schedule")
+    )
+    parser.add_argument("--lr-steps", dest="lr_steps", type=int, nargs="+", help=TrainConfig.field_help("lr_steps"))
+    parser.add_argument("--decay-rate", dest="decay_rate", type=float, help="factor of the step schedule")
     parser.add_argument("--warmup-epochs", dest="warmup_epochs", type=int)
     parser.add_argument("--warmup-lr", dest="warmup_lr", type=float)
     parser.add_argument("--min-lr", dest="min_lr", type=float)
@@ -125,7 +134,9 @@ def parse_args(argv: list[str] | None = None) -> tuple[TrainConfig, str | None]:
     parser.add_argument("--resume", nargs="?", const="auto", help="continue from <run>/checkpoint.pt or a file")
     args = vars(parser.parse_args(argv))
     resume = args.pop("resume", None)
-    preset = args.pop("preset", "cub" if "data_root" in args else "generated")
+    preset = args.pop(
+        "preset", "ilsvrc" if args.get("dataset") == "ilsvrc" else "cub" if "data_root" in args else "generated"
+    )
     config = PRESETS[preset]
     config_file = args.pop("config", None)
     try:
@@ -182,6 +193,29 @@ def load_datasets(config: TrainConfig, context: DistributedContext) -> dict[str,
                 "Fix or remove them before training."
             )
     return datasets
+
+
+def create_lr_scheduler(optimizer: torch.optim.Optimizer, config: TrainConfig, updates_per_epoch: int) -> Scheduler:
+    """timm's scheduler for ``config.lr_schedule``.
+
+    ``"cosine"`` is stepped per update (``scheduler.step_update``). ``"step"`` is timm's multistep schedule stepped
+    per epoch (``scheduler.step(epoch)`` at the start of each 0-based epoch) with the decay epochs of the official
+    rule (:func:`config.step_decay_epochs`), which gives the official lr in every epoch.
+    """
+    step = config.lr_schedule == "step"
+    scheduler, _ = create_scheduler_v2(
+        optimizer,
+        "multistep" if step else "cosine",
+        num_epochs=config.epochs,
+        warmup_epochs=config.warmup_epochs,
+        warmup_lr=config.warmup_lr,
+        min_lr=config.min_lr,
+        decay_milestones=step_decay_epochs(config.lr_steps, config.epochs),
+        decay_rate=config.decay_rate,
+        step_on_epochs=step,
+        updates_per_epoch=updates_per_epoch,
+    )
+    return scheduler
 
 
 def build_model(config: TrainConfig, num_classes: int) -> SCMAdapter:
@@ -505,18 +539,7 @@ def run(config: TrainConfig, resume: str | None = None) -> dict[str, Any]:
     optimizer = create_optimizer_v2(
         adapter, "adamw", lr=config.lr, weight_decay=config.weight_decay, layer_decay=config.layer_decay
     )
-    scheduler, _ = create_scheduler_v2(
-        optimizer,
-        config.sched,
-        num_epochs=config.epochs,
-        warmup_epochs=config.warmup_epochs,
-        warmup_lr=config.warmup_lr,
-        min_lr=config.min_lr,
-        decay_milestones=list(config.decay_milestones),
-        decay_rate=config.decay_rate,
-        step_on_epochs=False,
-        updates_per_epoch=updates_per_epoch,
-    )
+    scheduler = create_lr_scheduler(optimizer, config, updates_per_epoch)
     start_epoch, global_step, history = 0, 0, []
     if state is not None:
         adapter.load_state_dict(state["model"])
@@ -539,6 +562,7 @@ def run(config: TrainConfig, resume: str | None = None) -> dict[str, Any]:
     last_epoch = config.epochs if config.stop_after is None else min(config.epochs, start_epoch + config.stop_after)
     progress = make_progress(context, total=(last_epoch - start_epoch) * shard_size * context.world_size)
     for epoch in range(start_epoch, last_epoch):
+        scheduler.step(epoch)  # the lr of the epoch for the "step" schedule; "cosine" steps per update
         loader = train_loader(datasets["train"], config, context, epoch)
 
         def on_step(step: dict[str, float], epoch: int = epoch) -> None:
