@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 import sys
 from pathlib import Path
 
@@ -125,3 +126,129 @@ def test_bad_schedule_or_dataset_setting_gives_one_line_error(
     assert train.main([*argv, "--output", str(tmp_path)]) == 2
     err = capsys.readouterr().err
     assert message in err and err.count("\n") == 1
+
+
+TINY_MODEL = {"patch_size": 8, "embed_dim": 32, "depth": 1, "num_heads": 2}
+
+
+@pytest.fixture(scope="module")
+def tiny_cub(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """3 classes, 4 train / 2 test / 2 val images each, 32-40 px, in the CUB layout."""
+    from scm_calib.data import ensure_generated_dataset
+
+    root = tmp_path_factory.mktemp("data") / "tiny"
+    return ensure_generated_dataset(
+        root, num_classes=3, train_per_class=4, test_per_class=2, val_per_class=2, min_size=32, max_size=40
+    )
+
+
+def as_ilsvrc(cub: Path, out: Path) -> Path:
+    """The tiny CUB folder in the ILSVRC layout of SCM / TS-CAM: list files and train/ + val/ image folders."""
+    from scm_calib.data import read_cub_records
+
+    (out / "ILSVRC2012_list").mkdir(parents=True)
+    for split, folder, list_name in (("train", "train", "train.txt"), ("test", "val", "val_folder_new.txt")):
+        lines = []
+        for record in read_cub_records(cub, split):
+            (out / folder / record.path).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy(cub / "images" / record.path, out / folder / record.path)
+            boxes = "" if split == "train" else " " + " ".join(f"{v:g}" for box in record.boxes for v in box)
+            lines.append(f"{record.path} {record.label}{boxes}")
+        (out / "ILSVRC2012_list" / list_name).write_text("\n".join(lines) + "\n")
+    return out
+
+
+def as_wsol_metadata(cub: Path, out: Path) -> Path:
+    """wsolevaluation metadata (train/, val/, test/) of the tiny CUB folder's images."""
+    from PIL import Image
+
+    from scm_calib.data import read_cub_records, read_wsol_metadata
+
+    splits = {
+        "train": read_cub_records(cub, "train"),
+        "test": read_cub_records(cub, "test"),
+        "val": read_wsol_metadata(cub / "wsol_metadata" / "val"),
+    }
+    for split, records in splits.items():
+        (out / split).mkdir(parents=True)
+        sizes = [Image.open(cub / "images" / record.path).size for record in records]
+        files = {
+            "image_ids.txt": [record.path for record in records],
+            "class_labels.txt": [f"{record.path},{record.label}" for record in records],
+            "image_sizes.txt": [f"{record.path},{w},{h}" for record, (w, h) in zip(records, sizes, strict=True)],
+            "localization.txt": [
+                f"{record.path}," + ",".join(f"{v:g}" for v in box) for record in records for box in record.boxes
+            ],
+        }
+        for name, lines in files.items():
+            (out / split / name).write_text("\n".join(lines) + "\n")
+    return out
+
+
+def tiny_config(**values: object) -> cub_config.TrainConfig:
+    """The generated preset shrunk to seconds: a 1-block, 32-wide ViT from scratch on 32 px inputs, 2 epochs."""
+    tiny = dict(
+        model_kwargs=TINY_MODEL,
+        checkpoint=None,
+        image_size=32,
+        epochs=2,
+        batch_size=4,
+        warmup_epochs=0,
+        overlays=1,
+        name="run",
+        threads=1,
+        lr_schedule="step",
+        lr_steps=(2,),
+    )
+    return cub_config.PRESETS["generated"].updated({**tiny, **values}, "test")
+
+
+def layout_values(dataset: str, tiny_cub: Path, tmp_path: Path) -> dict[str, object]:
+    """Settings that point the trainer at the tiny dataset written in the layout of ``dataset``."""
+    if dataset == "ilsvrc":
+        return {"dataset": dataset, "data_root": str(as_ilsvrc(tiny_cub, tmp_path / "ilsvrc"))}
+    if dataset == "wsol":
+        metadata = as_wsol_metadata(tiny_cub, tmp_path / "metadata")
+        return {"dataset": dataset, "data_root": str(tiny_cub / "images"), "metadata_root": str(metadata)}
+    return {"dataset": dataset, "data_root": str(tiny_cub)}
+
+
+@pytest.mark.parametrize("dataset", ["ilsvrc", "wsol"])
+def test_each_layout_gives_the_images_labels_and_boxes_of_the_cub_files(
+    dataset: str, tiny_cub: Path, tmp_path: Path
+) -> None:
+    context = train.setup_distributed("cpu")
+    expected = train.load_datasets(tiny_config(**layout_values("cub", tiny_cub, tmp_path)), context)
+    found = train.load_datasets(tiny_config(**layout_values(dataset, tiny_cub, tmp_path)), context)
+    assert sorted(found) == (["test", "train"] if dataset == "ilsvrc" else ["test", "train", "val"])
+    for split, dataset_found in found.items():
+        want = expected[split]
+        assert [(r.path, r.label, r.boxes) for r in dataset_found.records] == [
+            (r.path, r.label, r.boxes if split != "train" or dataset == "wsol" else ()) for r in want.records
+        ], split
+        assert dataset_found.class_names == want.class_names == expected["train"].class_names  # from the folders
+    assert found["train"].transform is not found["test"].transform  # augmentation for training only
+
+
+def test_a_step_schedule_run_on_wsol_metadata(tiny_cub: Path, tmp_path: Path) -> None:
+    values = layout_values("wsol", tiny_cub, tmp_path)
+    summary = train.run(tiny_config(**values, output=str(tmp_path / "runs"), overlays=0))
+    assert [epoch["lr"] for epoch in summary["history"]] == pytest.approx([1e-3, 1e-4])  # x0.1 at epoch 2
+    assert 0.0 <= summary["test_at_val_tau"]["GTKnownLoc"] <= 100.0  # tau chosen on the held-out val split
+
+
+@pytest.mark.parametrize(
+    ("dataset", "message"),
+    [
+        ("ilsvrc", r"cannot read the ilsvrc dataset at .*ILSVRC2012_list/train.txt: file not found"),
+        ("wsol", r"--metadata-root .* is not a folder; pass wsolevaluation's metadata/<dataset> folder"),
+    ],
+)
+def test_a_folder_of_another_layout_says_what_it_should_hold(
+    dataset: str, message: str, tiny_cub: Path, tmp_path: Path
+) -> None:
+    values: dict[str, object] = {"dataset": dataset, "data_root": str(tiny_cub), "output": str(tmp_path)}
+    if dataset == "wsol":
+        values["metadata_root"] = str(tmp_path / "missing")
+    with pytest.raises(train.SetupError, match=message):
+        train.run(tiny_config(**values))

@@ -16,10 +16,10 @@ import argparse
 import json
 import math
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import replace
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 import numpy as np
@@ -46,6 +46,8 @@ from scm_calib.boxes import boxes_from_maps
 from scm_calib.data import (
     CUBDataset,
     DatasetFormatError,
+    ILSVRCListDataset,
+    WSOLDataset,
     WSOLMetadataDataset,
     collate_wsol,
     ensure_generated_dataset,
@@ -148,11 +150,87 @@ def parse_args(argv: list[str] | None = None) -> tuple[TrainConfig, str | None]:
     return config, resume
 
 
-def load_datasets(config: TrainConfig, context: DistributedContext) -> dict[str, torch.utils.data.Dataset]:
-    """The train, test and (when the dataset has one) held-out ``val`` datasets.
+# What --data-root holds for each --dataset, for the messages.
+DATA_LAYOUTS = {
+    "cub": "the CUB_200_2011 folder (holding images.txt)",
+    "ilsvrc": "the ILSVRC-2012 folder (holding ILSVRC2012_list/train.txt, val_folder_new.txt, train/ and val/)",
+    "wsol": "the image folder of one wsolevaluation dataset (dataset/CUB, dataset/ILSVRC or dataset/OpenImages)",
+}
+
+
+def read_cub(root: Path, config: TrainConfig) -> dict[str, WSOLDataset]:
+    """CUB-200-2011 (or the generated dataset): train and test from its files, the held-out ``val`` split from
+    ``wsol_metadata/val/`` when that folder exists."""
+    datasets: dict[str, WSOLDataset] = {
+        "train": CUBDataset(root, "train", image_size=config.image_size, augment=True, masks=False),
+        "test": CUBDataset(root, "test", image_size=config.image_size, masks=False),
+    }
+    val_dir = root / "wsol_metadata" / "val"
+    if val_dir.is_dir():
+        datasets["val"] = WSOLMetadataDataset(
+            root / "images", val_dir, image_size=config.image_size, class_names=datasets["train"].class_names
+        )
+    return datasets
+
+
+def read_ilsvrc(root: Path, config: TrainConfig) -> dict[str, WSOLDataset]:
+    """ILSVRC-2012 in the layout of SCM's and TS-CAM's loaders (SCM lib/datasets/imagenet.py:55-59): train from
+    ``ILSVRC2012_list/train.txt`` ("<path> <label>") over ``train/``, test from ``ILSVRC2012_list/val_folder_new.txt``
+    ("<path> <label> <x0> <y0> <x1> <y1> ...") over ``val/``; labels 0-based."""
+    lists = root / "ILSVRC2012_list"
+    train = ILSVRCListDataset(
+        root / "train", lists / "train.txt", require_boxes=False, image_size=config.image_size, augment=True
+    )
+    train.class_names = folder_class_names(train)
+    test = ILSVRCListDataset(
+        root / "val", lists / "val_folder_new.txt", image_size=config.image_size, class_names=train.class_names
+    )
+    return {"train": train, "test": test}
+
+
+def read_wsol(root: Path, config: TrainConfig) -> dict[str, WSOLDataset]:
+    """A dataset of wsolevaluation (Choe et al., CVPR 2020): ``train/``, ``test/`` and, when present, the held-out
+    ``val/`` split folders of ``metadata_root``, their image paths relative to ``root``."""
+    metadata = Path(str(config.metadata_root))
+    if not metadata.is_dir():
+        raise SetupError(
+            f"--metadata-root {metadata} is not a folder; pass wsolevaluation's metadata/<dataset> folder (holding "
+            "train/, val/ and test/)."
+        )
+    train = WSOLMetadataDataset(
+        root, metadata / "train", require_boxes=False, image_size=config.image_size, augment=True
+    )
+    train.class_names = folder_class_names(train)
+    datasets: dict[str, WSOLDataset] = {"train": train}
+    for split in ("val", "test"):
+        if split == "test" or (metadata / split).is_dir():
+            datasets[split] = WSOLMetadataDataset(
+                root, metadata / split, image_size=config.image_size, class_names=train.class_names
+            )
+    return datasets
+
+
+DATASET_READERS: dict[str, Callable[[Path, TrainConfig], dict[str, WSOLDataset]]] = {
+    "cub": read_cub,
+    "ilsvrc": read_ilsvrc,
+    "wsol": read_wsol,
+}
+
+
+def folder_class_names(dataset: WSOLDataset) -> list[str]:
+    """Each class named by the folder of its first image (``n01440764`` in ILSVRC, ``001.Black_footed_Albatross``
+    in CUB), or by its label when none of the images is in a folder."""
+    names: dict[int, str] = {}
+    for record in dataset.records:
+        names.setdefault(record.label, PurePosixPath(record.path).parent.name)
+    return [names.get(label) or str(label) for label in range(dataset.num_classes)]
+
+
+def load_datasets(config: TrainConfig, context: DistributedContext) -> dict[str, WSOLDataset]:
+    """The train, test and (when the dataset has one) held-out ``val`` datasets of ``config.dataset``.
 
     Raises:
-        SetupError: the data root does not exist or is not a CUB-like folder.
+        SetupError: the data root does not exist or does not hold a dataset of that layout.
     """
     if config.data_root is None:
         root = Path(config.data_cache) / config.data_family
@@ -164,21 +242,15 @@ def load_datasets(config: TrainConfig, context: DistributedContext) -> dict[str,
         root = Path(config.data_root)
         if not root.is_dir():
             raise SetupError(
-                f"--data-root {root} is not a folder; pass the CUB_200_2011 folder (holding images.txt) or leave "
-                "--data-root out to train on the generated dataset."
+                f"--data-root {root} is not a folder; pass {DATA_LAYOUTS[config.dataset]}"
+                + (" or leave --data-root out to train on the generated dataset." if config.dataset == "cub" else ".")
             )
     try:
-        datasets: dict[str, torch.utils.data.Dataset] = {
-            "train": CUBDataset(root, "train", image_size=config.image_size, augment=True, masks=False),
-            "test": CUBDataset(root, "test", image_size=config.image_size, masks=False),
-        }
-        if config.resize_size is not None:
-            datasets["train"].transform = wsol_train_transform(config.image_size, config.resize_size)
-        val_dir = root / "wsol_metadata" / "val"
-        if val_dir.is_dir():
-            datasets["val"] = WSOLMetadataDataset(root / "images", val_dir, image_size=config.image_size)
+        datasets = DATASET_READERS[config.dataset](root, config)
     except DatasetFormatError as err:
-        raise SetupError(f"cannot read the dataset at {root}: {err}") from err
+        raise SetupError(f"cannot read the {config.dataset} dataset at {root}: {err}") from err
+    if config.resize_size is not None:
+        datasets["train"].transform = wsol_train_transform(config.image_size, config.resize_size)
     num_classes = datasets["train"].num_classes
     for split, dataset in datasets.items():
         if len(dataset) == 0:

@@ -199,6 +199,8 @@ class WSOLDataset(torch.utils.data.Dataset):
             whole image, as the eval transform does). Default: on with the default eval transform.
         mask_root: folder of the masks, which mirror the images as PNG (``a/b.jpg`` -> ``a/b.png``); None for
             no masks.
+        class_names: the name of every class, index = label; default: ``"0"``, ``"1"``, ... up to the largest
+            label of ``records``.
     """
 
     def __init__(
@@ -211,9 +213,13 @@ class WSOLDataset(torch.utils.data.Dataset):
         transform: Callable[..., Any] | None = None,
         boxes_protocol: bool | None = None,
         mask_root: str | Path | None = None,
+        class_names: Sequence[str] | None = None,
     ) -> None:
         require_torchvision()
         self.records = list(records)
+        if class_names is None:
+            class_names = [str(label) for label in range(max(self.labels, default=-1) + 1)]
+        self.class_names = list(class_names)
         self.image_root = Path(image_root)
         self.mask_root = None if mask_root is None else Path(mask_root)
         if transform is None:
@@ -225,6 +231,11 @@ class WSOLDataset(torch.utils.data.Dataset):
 
     def __len__(self) -> int:
         return len(self.records)
+
+    @property
+    def num_classes(self) -> int:
+        """Number of classes (named in ``class_names``)."""
+        return len(self.class_names)
 
     @property
     def labels(self) -> list[int]:

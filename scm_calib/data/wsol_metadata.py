@@ -8,7 +8,7 @@ line), ``class_labels.txt`` ("<path>,<label>", 0-based), ``image_sizes.txt`` ("<
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -131,6 +131,7 @@ class WSOLMetadataDataset(WSOLDataset):
         transform: a v2 transform replacing the default (see :class:`~scm_calib.data.WSOLDataset`).
         boxes_protocol: also give the protocol's integer boxes; default: on with the default eval transform.
         mask_root: folder of PNG masks mirroring the images, or None.
+        class_names: the name of every class, index = label; default: the labels as text.
     """
 
     def __init__(
@@ -144,6 +145,7 @@ class WSOLMetadataDataset(WSOLDataset):
         transform: Callable[..., Any] | None = None,
         boxes_protocol: bool | None = None,
         mask_root: str | Path | None = None,
+        class_names: Sequence[str] | None = None,
     ) -> None:
         super().__init__(
             read_wsol_metadata(split_dir, require_boxes=require_boxes),
@@ -153,4 +155,5 @@ class WSOLMetadataDataset(WSOLDataset):
             transform=transform,
             boxes_protocol=boxes_protocol,
             mask_root=mask_root,
+            class_names=class_names,
         )
