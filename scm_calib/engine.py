@@ -16,7 +16,7 @@ from collections.abc import Callable, Iterable, Iterator, Sized
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -27,7 +27,10 @@ from torch import nn
 from scm_calib.adapter import SCMAdapter
 from scm_calib.checkpoint import atomic_write
 from scm_calib.localize import semantic_and_attention
-from scm_calib.metrics import BoxAccuracy, LocalizationAccuracy
+from scm_calib.metrics import BoxAccuracy, LocalizationAccuracy, PixelAveragePrecision
+
+if TYPE_CHECKING:
+    from scm_calib.data import WSOLBatch
 
 __all__ = [
     "DistributedContext",
@@ -292,8 +295,10 @@ def evaluate(
     image_size: tuple[int, int],
     protocol: str = "wsol",
     centre_prior: bool = False,
+    boxes: bool = True,
+    pxap: bool = False,
 ) -> dict[str, Any]:
-    """Box and localization metrics of a model on a dataset (each process feeds its own shard).
+    """Box, localization and mask metrics of a model on a dataset (each process feeds its own shard).
 
     Maps are ``A * S_c`` at the patch grid, resized to the input size by the protocol's interpolation.
     The metric states are summed over processes, so every process returns the global numbers.
@@ -306,20 +311,26 @@ def evaluate(
         image_size: (H, W) of the input images, the size the maps are resized to.
         centre_prior: also score :func:`centre_prior_map` (the same map for every image, with the model's
             class predictions for Top-k Loc): the reference a map must beat to say anything about the image.
+        boxes: score boxes (the box and localization metrics); False for a dataset with masks only (OpenImages).
+        pxap: also score PxAP of the ground-truth class's map against the batches' ``masks``, leaving out their
+            ``ignore`` pixels (:class:`~scm_calib.metrics.PixelAveragePrecision`, maps resized to ``image_size``).
 
     Returns:
         The dicts of :meth:`~scm_calib.metrics.BoxAccuracy.compute` and
         :meth:`~scm_calib.metrics.LocalizationAccuracy.compute` merged (``best_tau`` is GT-known Loc's;
-        MaxBoxAcc's is ``best_tau/MaxBoxAcc``); with ``centre_prior``, the centre prior's under ``"centre_prior"``.
+        MaxBoxAcc's is ``best_tau/MaxBoxAcc``) and, with ``pxap``, ``PxAP`` and its ``precision`` and ``recall``;
+        with ``centre_prior``, the centre prior's under ``"centre_prior"``.
     """
     model = unwrap(model)
-    scorers = {"model": _Scorers(protocol, image_size)}
+    scorers = {"model": _Scorers(protocol, image_size, boxes, pxap)}
     if centre_prior:
-        scorers["centre_prior"] = _Scorers(protocol, image_size)
+        scorers["centre_prior"] = _Scorers(protocol, image_size, boxes, pxap)
     device = context.device
     for batch in loader:
-        if batch.boxes_protocol is None:
+        if boxes and batch.boxes_protocol is None:
             raise ValueError("evaluation needs boxes_protocol in the batches; build the dataset with augment=False.")
+        if pxap and batch.masks is None:
+            raise ValueError("pxap=True needs masks in the batches; build the dataset with its masks (mask_root).")
         batch = batch.to(device)
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
             result = semantic_and_attention(model, batch.images)
@@ -328,11 +339,11 @@ def evaluate(
         top = result.logits.float().topk(k, dim=1).indices
         maps_topk = torch.gather(maps, 1, top[:, :, None, None].expand(-1, -1, *maps.shape[2:]))
         maps_gt = maps[torch.arange(maps.shape[0], device=device), batch.labels]
-        scorers["model"].update(result.logits.float(), batch.labels, batch.boxes_protocol, maps_topk, maps_gt)
+        scorers["model"].update(result.logits.float(), batch, maps_topk, maps_gt)
         if centre_prior:
             prior = centre_prior_map(maps.shape[-2:], device).expand_as(maps_gt)
             prior_topk = prior[:, None].expand_as(maps_topk)
-            scorers["centre_prior"].update(result.logits.float(), batch.labels, batch.boxes_protocol, prior_topk, prior)
+            scorers["centre_prior"].update(result.logits.float(), batch, prior_topk, prior)
     metrics = scorers.pop("model").compute()
     for name, scorer in scorers.items():
         metrics[name] = scorer.compute()
@@ -352,26 +363,29 @@ def centre_prior_map(size: tuple[int, int] | torch.Size, device: torch.device | 
 
 
 class _Scorers:
-    """The box and localization metrics of one kind of map, summed over processes at ``compute``."""
+    """The box, localization and mask metrics of one kind of map, summed over processes at ``compute``."""
 
-    def __init__(self, protocol: str, image_size: tuple[int, int]) -> None:
-        self.boxes = BoxAccuracy(protocol, size=image_size)
-        self.localization = LocalizationAccuracy(protocol, size=image_size)
+    def __init__(self, protocol: str, image_size: tuple[int, int], boxes: bool, pxap: bool) -> None:
+        self.boxes = BoxAccuracy(protocol, size=image_size) if boxes else None
+        self.localization = LocalizationAccuracy(protocol, size=image_size) if boxes else None
+        self.pixels = PixelAveragePrecision(size=image_size) if pxap else None
 
-    def update(
-        self,
-        logits: torch.Tensor,
-        labels: torch.Tensor,
-        gt_boxes: list[torch.Tensor],
-        maps_topk: torch.Tensor,
-        maps_gt: torch.Tensor,
-    ) -> None:
-        self.boxes.update(maps_gt, gt_boxes)
-        self.localization.update(logits, labels, gt_boxes, maps_topk, maps_gt)
+    def update(self, logits: torch.Tensor, batch: WSOLBatch, maps_topk: torch.Tensor, maps_gt: torch.Tensor) -> None:
+        if self.boxes is not None and self.localization is not None:
+            self.boxes.update(maps_gt, batch.boxes_protocol)
+            self.localization.update(logits, batch.labels, batch.boxes_protocol, maps_topk, maps_gt)
+        if self.pixels is not None:
+            self.pixels.update(maps_gt, batch.masks, batch.ignore)
 
     def compute(self) -> dict[str, Any]:
-        self.boxes.sync()
-        self.localization.sync()
-        box_metrics = self.boxes.compute()
-        box_metrics["best_tau/MaxBoxAcc"] = box_metrics.pop("best_tau")
-        return {**box_metrics, **self.localization.compute()}
+        metrics: dict[str, Any] = {}
+        if self.boxes is not None and self.localization is not None:
+            self.boxes.sync()
+            self.localization.sync()
+            metrics = self.boxes.compute()
+            metrics["best_tau/MaxBoxAcc"] = metrics.pop("best_tau")
+            metrics |= self.localization.compute()
+        if self.pixels is not None:
+            self.pixels.sync()
+            metrics |= self.pixels.compute()
+        return metrics

@@ -252,3 +252,64 @@ def test_a_folder_of_another_layout_says_what_it_should_hold(
         values["metadata_root"] = str(tmp_path / "missing")
     with pytest.raises(train.SetupError, match=message):
         train.run(tiny_config(**values))
+
+
+def as_openimages(cub: Path, out: Path, ignore: str) -> Path:
+    """The tiny CUB folder as wsolevaluation lays out OpenImages: ``out`` holds the images and the instance masks
+    (links to CUB's ``images/`` and ``segmentations/``) and an ignore mask per image, ``ignore="box"`` the object's
+    box or ``"all"`` the whole image; ``out/metadata`` the split folders with an empty ``image_sizes.txt``."""
+    from PIL import Image
+
+    from scm_calib.data import read_cub_records, read_wsol_metadata
+
+    out.mkdir(parents=True)
+    for folder in ("images", "segmentations"):
+        (out / folder).symlink_to(cub / folder, target_is_directory=True)
+    splits = {
+        "train": read_cub_records(cub, "train"),
+        "test": read_cub_records(cub, "test"),
+        "val": read_wsol_metadata(cub / "wsol_metadata" / "val"),
+    }
+    for split, records in splits.items():
+        (out / "metadata" / split).mkdir(parents=True)
+        lines = []
+        for record in records if split != "train" else []:
+            width, height = Image.open(cub / "images" / record.path).size
+            region = torch.zeros(height, width, dtype=torch.uint8)
+            x0, y0, x1, y1 = (int(v) for v in record.boxes[0]) if ignore == "box" else (0, 0, width, height)
+            region[y0:y1, x0:x1] = 255
+            ignore_path = Path("ignore") / Path(record.path).with_suffix(".png")
+            (out / ignore_path).parent.mkdir(parents=True, exist_ok=True)
+            Image.fromarray(region.numpy()).save(out / ignore_path)
+            mask_path = Path("segmentations") / Path(record.path).with_suffix(".png")
+            lines.append(f"images/{record.path},{mask_path.as_posix()},{ignore_path.as_posix()}")
+        files = {
+            "image_ids.txt": [f"images/{record.path}" for record in records],
+            "class_labels.txt": [f"images/{record.path},{record.label}" for record in records],
+            "image_sizes.txt": [],
+            "localization.txt": lines,
+        }
+        for name, rows in files.items():
+            (out / "metadata" / split / name).write_text("".join(f"{row}\n" for row in rows))
+    return out
+
+
+def test_openimages_layout_trains_and_reports_pxap(tiny_cub: Path, tmp_path: Path) -> None:
+    root = as_openimages(tiny_cub, tmp_path / "openimages", ignore="box")
+    values = {"dataset": "wsol", "data_root": str(root), "metadata_root": str(root / "metadata")}
+    summary = train.run(tiny_config(**values, output=str(tmp_path / "runs"), epochs=1))
+    for metrics in (summary["test"], summary["val"], summary["centre_prior"]):
+        assert 0.0 <= metrics["PxAP"] <= 100.0 and "MaxBoxAccV2" not in metrics  # masks only, no boxes
+    assert "test_at_val_tau" not in summary
+
+
+def test_pxap_leaves_out_the_ignore_region(tiny_cub: Path, tmp_path: Path) -> None:
+    # Ignoring every pixel outside the object leaves only object pixels: precision 1 at every threshold.
+    root = as_openimages(tiny_cub, tmp_path / "openimages", ignore="all")
+    config = tiny_config(dataset="wsol", data_root=str(root), metadata_root=str(root / "metadata"))
+    context = train.setup_distributed("cpu")
+    test = train.load_datasets(config, context)["test"]
+    assert train.scored(test) == {"boxes": False, "pxap": True}
+    model = train.build_model(config, test.num_classes)
+    metrics = train.evaluate(model, train.eval_loader(test, config, context), context, (32, 32), **train.scored(test))
+    assert metrics["PxAP"] == pytest.approx(100.0)

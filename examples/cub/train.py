@@ -226,6 +226,12 @@ def folder_class_names(dataset: WSOLDataset) -> list[str]:
     return [names.get(label) or str(label) for label in range(dataset.num_classes)]
 
 
+def scored(dataset: WSOLDataset) -> dict[str, bool]:
+    """What the evaluation of a split scores: boxes when its images have any, PxAP when it reads masks (the
+    OpenImages layout of ``--dataset wsol``)."""
+    return {"boxes": any(record.boxes for record in dataset.records), "pxap": dataset.mask_root is not None}
+
+
 def load_datasets(config: TrainConfig, context: DistributedContext) -> dict[str, WSOLDataset]:
     """The train, test and (when the dataset has one) held-out ``val`` datasets of ``config.dataset``.
 
@@ -399,12 +405,13 @@ def summarize(val: dict[str, Any] | None, test: dict[str, Any], protocol: str) -
     summary: dict[str, Any] = {"protocol": protocol, "test": scalars}
     if "centre_prior" in test:
         summary["centre_prior"] = {k: v for k, v in test["centre_prior"].items() if isinstance(v, (int, float))}
-    if val is not None and protocol != "tscam":
+    if val is not None:
+        summary["val"] = {k: v for k, v in val.items() if isinstance(v, (int, float))}
+    if val is not None and protocol != "tscam" and "best_tau" in val:
         taus = test["thresholds"]
         at = {name: int((taus - val[f"best_tau@{name}"]).abs().argmin()) for name in ("30", "50", "70")}
         v2 = [float(test["curve_v2"][at[name], d]) for d, name in enumerate(("30", "50", "70"))]
         index = int((taus - val["best_tau"]).abs().argmin())
-        summary["val"] = {k: v for k, v in val.items() if isinstance(v, (int, float))}
         summary["test_at_val_tau"] = {
             "MaxBoxAccV2": sum(v2) / 3,
             "GTKnownLoc": float(test["curve/GTKnownLoc"][index]),
@@ -417,7 +424,8 @@ def summarize(val: dict[str, Any] | None, test: dict[str, Any], protocol: str) -
 def report(config: TrainConfig, summary: dict[str, Any], run_dir: Path) -> str:
     """The closing table: this run's test metrics next to the centre prior's (same run) and, for the generated
     data, the documented runs of docs/results.md (SCM and its baseline, mean of 3 seeds)."""
-    columns = ("MaxBoxAccV2", "MaxBoxAcc", "GTKnownLoc", "Top1Loc", "Top1Cls")
+    names = ("MaxBoxAccV2", "MaxBoxAcc", "GTKnownLoc", "Top1Loc", "Top1Cls", "PxAP")
+    columns = tuple(name for name in names if name in summary["test"])
     rows = [(f"this run ({'baseline' if config.baseline else 'SCM'}), best tau on test", summary["test"])]
     if "test_at_val_tau" in summary:
         rows.append(("this run, tau chosen on the held-out val split", summary["test_at_val_tau"]))
@@ -685,21 +693,24 @@ def run(config: TrainConfig, resume: str | None = None) -> dict[str, Any]:
     val = None
     with reported_as_setup_error(f"evaluation stopped ({run_dir} holds the trained model; --resume evaluates it)"):
         if "val" in datasets:
-            val = evaluate(model, eval_loader(datasets["val"], config, context), context, size, config.protocol)
+            val_loader = eval_loader(datasets["val"], config, context)
+            val = evaluate(model, val_loader, context, size, config.protocol, **scored(datasets["val"]))
+        test_loader = eval_loader(datasets["test"], config, context)
         test = evaluate(
-            model, eval_loader(datasets["test"], config, context), context, size, config.protocol, centre_prior=True
+            model, test_loader, context, size, config.protocol, centre_prior=True, **scored(datasets["test"])
         )
     summary = summarize(val, test, config.protocol)
     summary["history"] = history
     if context.is_main:
         (run_dir / "metrics.json").write_text(json.dumps(summary, indent=1), encoding="utf-8")
-        tau = summary.get("test_at_val_tau", {}).get("tau", test["best_tau"])
+        tau = summary.get("test_at_val_tau", {}).get("tau", test.get("best_tau"))
+        overlays = config.overlays if tau is not None else 0  # boxes are drawn at tau; a mask-only test has none
         models: dict[str, nn.Module] = {"baseline" if config.baseline else "SCM": adapter}
-        twin = twin_model(config, num_classes) if config.overlays > 0 else None
+        twin = twin_model(config, num_classes) if overlays > 0 else None
         if twin is not None:
             models[twin[0]] = twin[1]
         models = dict(sorted(models.items(), key=lambda item: item[0] != "SCM"))  # SCM first
-        write_figures(run_dir, models, history, datasets["test"], config.overlays, tau)
+        write_figures(run_dir, models, history, datasets["test"], overlays, tau or 0.0)
         print(report(config, summary, run_dir))
     return summary
 
