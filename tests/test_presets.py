@@ -85,7 +85,7 @@ def test_step_decay_epochs_expands_every_multiple(lr_steps: tuple[int, ...], epo
 )
 def test_official_presets(preset: str, values: dict[str, object]) -> None:
     config = cub_config.PRESETS[preset]
-    common = {"model": "deit_small_patch16_224", "pretrained": True, "weight_decay": 0.05, "drop_path": 0.1}
+    common = {"model": "deit_small_patch16_224", "weight_decay": 0.05, "drop_path": 0.1}
     common |= {"lr_schedule": "step", "decay_rate": 0.1, "image_size": 224, "resize_size": 256, "warmup_epochs": 0}
     for name, value in {**common, **values}.items():
         assert getattr(config, name) == value, name

@@ -307,12 +307,12 @@ PRESETS: dict[str, TrainConfig] = {
     #   crop 224, :23 BATCH_SIZE 16, :31 LR_STEPS [30], :32 NUM_EPOCHS 30, :33 LR_FACTOR 0.1;
     #   README.md:91 `--lr 5e-5`; lib/config/default.py:163 drop-path 0.1, :173 AdamW, :183 weight decay 0.05
     #   (the yaml's SOLVER.WEIGHT_DECAY is not read by timm's create_optimizer, tools_cam/train_cam.py:55);
-    #   tools_cam/train_cam.py:38 ImageNet-pretrained; :88-89 + lib/core/engine.py:66-81 the step rule.
-    # So lr 5e-5 for epochs 1-29 and 5e-6 for epoch 30.
+    #   tools_cam/train_cam.py:88-89 + lib/core/engine.py:66-81 the step rule. So lr 5e-5 for epochs 1-29 and 5e-6
+    #   for epoch 30. The official encoder is ImageNet-pretrained (tools_cam/train_cam.py:38): pass --pretrained
+    #   (timm's hub) or --checkpoint FILE (offline) with every official preset; none downloads by itself.
     "cub": TrainConfig(
         preset="cub",
         model="deit_small_patch16_224",
-        pretrained=True,
         image_size=224,
         resize_size=256,
         epochs=30,
@@ -333,7 +333,6 @@ PRESETS: dict[str, TrainConfig] = {
         preset="ilsvrc",
         dataset="ilsvrc",
         model="deit_small_patch16_224",
-        pretrained=True,
         image_size=224,
         resize_size=256,
         epochs=20,
@@ -355,7 +354,6 @@ PRESETS: dict[str, TrainConfig] = {
     "tscam-cub": TrainConfig(
         preset="tscam-cub",
         model="deit_small_patch16_224",
-        pretrained=True,
         baseline=True,
         image_size=224,
         resize_size=256,
@@ -376,7 +374,6 @@ PRESETS: dict[str, TrainConfig] = {
         preset="tscam-ilsvrc",
         dataset="ilsvrc",
         model="deit_small_patch16_224",
-        pretrained=True,
         baseline=True,
         image_size=224,
         resize_size=256,

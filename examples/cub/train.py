@@ -6,8 +6,11 @@ writes ``runs/generated-scm-seed0/``: ``config.json``, ``history.json``, ``metri
 
     python examples/cub/train.py                       # SCM on the generated dataset
     python examples/cub/train.py --baseline            # the same without SCM (TS-CAM style)
-    python examples/cub/train.py --data-root CUB_200_2011 --pretrained        # the paper's CUB recipe
-    torchrun --nproc-per-node 4 examples/cub/train.py --data-root CUB_200_2011 --pretrained
+    python examples/cub/train.py --data-root CUB_200_2011 --pretrained        # SCM's official CUB recipe
+    python examples/cub/train.py --data-root CUB_200_2011 --pretrained --preset tscam-cub   # TS-CAM's
+    torchrun --nproc-per-node 4 examples/cub/train.py --data-root CUB_200_2011 --pretrained --batch-size 4
+    torchrun --nproc-per-node 8 examples/cub/train.py --dataset ilsvrc --data-root ILSVRC2012 --pretrained --batch-size 64
+    python examples/cub/train.py --dataset wsol --data-root dataset/OpenImages --metadata-root metadata/OpenImages
 """
 
 from __future__ import annotations
