@@ -9,7 +9,7 @@ writes ``runs/generated-scm-seed0/``: ``config.json``, ``history.json``, ``metri
     python examples/cub/train.py --data-root CUB_200_2011 --pretrained        # SCM's official CUB recipe
     python examples/cub/train.py --data-root CUB_200_2011 --pretrained --preset tscam-cub   # TS-CAM's
     torchrun --nproc-per-node 4 examples/cub/train.py --data-root CUB_200_2011 --pretrained --batch-size 4
-    torchrun --nproc-per-node 8 examples/cub/train.py --dataset ilsvrc --data-root ILSVRC2012 --pretrained --batch-size 64
+    torchrun --nproc-per-node 8 examples/cub/train.py --dataset ilsvrc --data-root ILSVRC2012 --batch-size 64
     python examples/cub/train.py --dataset wsol --data-root dataset/OpenImages --metadata-root metadata/OpenImages
 """
 
