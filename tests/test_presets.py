@@ -313,3 +313,10 @@ def test_pxap_leaves_out_the_ignore_region(tiny_cub: Path, tmp_path: Path) -> No
     model = train.build_model(config, test.num_classes)
     metrics = train.evaluate(model, train.eval_loader(test, config, context), context, (32, 32), **train.scored(test))
     assert metrics["PxAP"] == pytest.approx(100.0)
+
+
+def test_a_resumed_step_schedule_continues_at_the_official_lr(tiny_cub: Path, tmp_path: Path) -> None:
+    config = tiny_config(data_root=str(tiny_cub), output=str(tmp_path), overlays=0, epochs=3, lr_steps=(2,))
+    assert train.run(config.updated({"stop_after": 1}, "test")) == {"stopped_after_epoch": 1}
+    summary = train.run(config, resume="auto")
+    assert [epoch["lr"] for epoch in summary["history"]] == pytest.approx([1e-3, 1e-4, 1e-4])
