@@ -11,13 +11,16 @@ Example:
 from __future__ import annotations
 
 from collections.abc import Iterable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
 
 from .localize import select_maps, semantic_and_attention
-from .metrics import BoxAccuracy, LocalizationAccuracy
+from .metrics import BoxAccuracy, LocalizationAccuracy, PixelAveragePrecision
+
+if TYPE_CHECKING:
+    from .data import WSOLBatch
 
 __all__ = ["centre_prior_map", "evaluate", "summarize"]
 
@@ -32,8 +35,10 @@ def evaluate(
     protocol: str = "wsol",
     centre_prior: bool = False,
     device: torch.device | str | None = None,
+    boxes: bool = True,
+    pxap: bool = False,
 ) -> dict[str, Any]:
-    """Box and localization metrics of a model on a dataset (under ``torch.distributed``, each process its shard).
+    """Box, localization and mask metrics of a model on a dataset (under ``torch.distributed``, each process its shard).
 
     The localization maps are ``A * S_c`` at the patch grid (:func:`~scm_calib.localize.select_maps` of the top-5
     and of the ground-truth classes), resized to the input size by the protocol's interpolation. Under an
@@ -48,24 +53,30 @@ def evaluate(
         centre_prior: also score :func:`centre_prior_map` (the same map for every image, with the model's
             class predictions for Top-k Loc): the reference a map must beat to say anything about the image.
         device: where the batches go; None: the device of the model's first parameter.
+        boxes: score boxes (the box and localization metrics); False for a dataset with masks only (OpenImages).
+        pxap: also score PxAP of the ground-truth class's map against the batches' ``masks``, leaving out their
+            ``ignore`` pixels (:class:`~scm_calib.metrics.PixelAveragePrecision`, maps resized to ``image_size``).
 
     Returns:
         The dicts of :func:`~scm_calib.metrics.box_accuracy` and :func:`~scm_calib.metrics.localization_accuracy`
-        merged (``best_tau`` is GT-known Loc's; MaxBoxAcc's is ``best_tau/MaxBoxAcc``); with ``centre_prior``,
-        the centre prior's under ``"centre_prior"``.
+        merged (``best_tau`` is GT-known Loc's; MaxBoxAcc's is ``best_tau/MaxBoxAcc``) and, with ``pxap``,
+        ``PxAP`` and its ``precision`` and ``recall``; with ``centre_prior``, the centre prior's under
+        ``"centre_prior"``.
 
     Raises:
-        ValueError: A batch without ``boxes_protocol`` (a training transform).
+        ValueError: A batch without ``boxes_protocol`` (a training transform), or without ``masks`` with ``pxap``.
     """
     if device is None:
         device = next(model.parameters()).device
     device = torch.device(device)
-    scorers = {"model": _Scorers(protocol, image_size)}
+    scorers = {"model": _Scorers(protocol, image_size, boxes, pxap)}
     if centre_prior:
-        scorers["centre_prior"] = _Scorers(protocol, image_size)
+        scorers["centre_prior"] = _Scorers(protocol, image_size, boxes, pxap)
     for batch in loader:
-        if batch.boxes_protocol is None:
+        if boxes and batch.boxes_protocol is None:
             raise ValueError("evaluation needs boxes_protocol in the batches; build the dataset with augment=False.")
+        if pxap and batch.masks is None:
+            raise ValueError("pxap=True needs masks in the batches; build the dataset with its masks (mask_root).")
         batch = batch.to(device)
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
             output = semantic_and_attention(model, batch.images)
@@ -73,11 +84,11 @@ def evaluate(
         output = output._replace(logits=logits)
         maps_topk = select_maps(output, min(5, logits.shape[1]))
         maps_gt = select_maps(output, batch.labels)
-        scorers["model"].update(logits, batch.labels, batch.boxes_protocol, maps_topk, maps_gt)
+        scorers["model"].update(logits, batch, maps_topk, maps_gt)
         if centre_prior:
             prior = centre_prior_map(maps_gt.shape[-2:], device).expand_as(maps_gt)
             prior_topk = prior[:, None].expand_as(maps_topk)
-            scorers["centre_prior"].update(logits, batch.labels, batch.boxes_protocol, prior_topk, prior)
+            scorers["centre_prior"].update(logits, batch, prior_topk, prior)
     metrics = scorers.pop("model").compute()
     for name, scorer in scorers.items():
         metrics[name] = scorer.compute()
@@ -97,27 +108,29 @@ def centre_prior_map(size: tuple[int, int] | torch.Size, device: torch.device | 
 
 
 class _Scorers:
-    """The box and localization metrics of one kind of map."""
+    """The box, localization and mask metrics of one kind of map."""
 
-    def __init__(self, protocol: str, image_size: tuple[int, int]) -> None:
-        self.boxes = BoxAccuracy(protocol, size=image_size)
-        self.localization = LocalizationAccuracy(protocol, size=image_size)
+    def __init__(self, protocol: str, image_size: tuple[int, int], boxes: bool, pxap: bool) -> None:
+        self.boxes = BoxAccuracy(protocol, size=image_size) if boxes else None
+        self.localization = LocalizationAccuracy(protocol, size=image_size) if boxes else None
+        self.pixels = PixelAveragePrecision(size=image_size) if pxap else None
 
-    def update(
-        self,
-        logits: torch.Tensor,
-        labels: torch.Tensor,
-        gt_boxes: list[torch.Tensor],
-        maps_topk: torch.Tensor,
-        maps_gt: torch.Tensor,
-    ) -> None:
-        self.boxes.update(maps_gt, gt_boxes)
-        self.localization.update(logits, labels, gt_boxes, maps_topk, maps_gt)
+    def update(self, logits: torch.Tensor, batch: WSOLBatch, maps_topk: torch.Tensor, maps_gt: torch.Tensor) -> None:
+        if self.boxes is not None and self.localization is not None:
+            self.boxes.update(maps_gt, batch.boxes_protocol)
+            self.localization.update(logits, batch.labels, batch.boxes_protocol, maps_topk, maps_gt)
+        if self.pixels is not None:
+            self.pixels.update(maps_gt, batch.masks, batch.ignore)
 
     def compute(self) -> dict[str, Any]:
-        box_metrics = self.boxes.compute()
-        box_metrics["best_tau/MaxBoxAcc"] = box_metrics.pop("best_tau")
-        return {**box_metrics, **self.localization.compute()}
+        metrics: dict[str, Any] = {}
+        if self.boxes is not None and self.localization is not None:
+            metrics = self.boxes.compute()
+            metrics["best_tau/MaxBoxAcc"] = metrics.pop("best_tau")
+            metrics |= self.localization.compute()
+        if self.pixels is not None:
+            metrics |= self.pixels.compute()
+        return metrics
 
 
 def _scalars(metrics: dict[str, Any]) -> dict[str, float]:
@@ -135,19 +148,21 @@ def summarize(val: dict[str, Any] | None, test: dict[str, Any], protocol: str) -
 
     Returns:
         ``{"protocol", "test"}`` (the scalar test metrics, best ``tau`` on test), ``"centre_prior"`` when ``test``
-        holds it and, with ``val`` (not ``"tscam"``): ``"val"`` and ``"test_at_val_tau"``: ``MaxBoxAccV2`` (each
+        holds it, ``"val"`` (the scalar val metrics) with ``val``, and, with ``val`` holding boxes (not ``"tscam"``),
+        ``"test_at_val_tau"``: ``MaxBoxAccV2`` (each
         IoU term at the val split's ``best_tau@30`` / ``@50`` / ``@70``), ``GTKnownLoc`` and ``Top1Loc`` at the val
         split's ``best_tau``, and that ``tau``.
     """
     summary: dict[str, Any] = {"protocol": protocol, "test": _scalars(test)}
     if "centre_prior" in test:
         summary["centre_prior"] = _scalars(test["centre_prior"])
-    if val is not None and protocol != "tscam":
+    if val is not None:
+        summary["val"] = _scalars(val)
+    if val is not None and protocol != "tscam" and "best_tau" in val:
         taus = test["thresholds"]
         at = {name: int((taus - val[f"best_tau@{name}"]).abs().argmin()) for name in _IOU_NAMES}
         v2 = [float(test["curve_v2"][at[name], d]) for d, name in enumerate(_IOU_NAMES)]
         index = int((taus - val["best_tau"]).abs().argmin())
-        summary["val"] = _scalars(val)
         summary["test_at_val_tau"] = {
             "MaxBoxAccV2": sum(v2) / 3,
             "GTKnownLoc": float(test["curve/GTKnownLoc"][index]),

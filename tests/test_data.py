@@ -234,7 +234,7 @@ def test_wsol_metadata_reads_several_boxes_and_sizes(tmp_path: Path) -> None:
         ("class_labels.txt", "c/a.png,0\n", "class_labels.txt: has no line for c/b.png"),
         ("image_sizes.txt", "c/a.png,4,3\nc/b.png,4,3\nc/a.png,4,3\n", "image_sizes.txt, line 3: c/a.png already"),
         ("localization.txt", "c/a.png,1,1,5,5\nc/q.png,1,1,5,5\n", "localization.txt, line 2: c/q.png is not in"),
-        ("localization.txt", "c/a.png,1,1,5,5\n", "localization.txt: has no box for c/b.png"),
+        ("localization.txt", "c/a.png,1,1,5,5\n", "localization.txt: has no box or mask for c/b.png"),
         ("localization.txt", "c/a.png,1,1,5\n", "localization.txt, line 1: expected 5 fields"),
     ],
 )

@@ -225,7 +225,7 @@ def test_checkpoint_flag_with_the_wrong_architecture_says_so(tmp_path: Path) -> 
         (["--image-size", "0"], "image_size must be >= 1, got 0"),
         (["--resize-size", "16"], "resize_size 16 is smaller than image_size 32"),
         (["--scm-start-epoch", "-1"], "scm_start_epoch must be >= 0"),
-        (["--decay-milestones", "0", "5"], "decay_milestones must be epochs >= 1"),
+        (["--lr-steps", "0", "5"], "lr_steps must be epochs >= 1, got [0, 5]"),
         (["--overlays", "-1"], "overlays must be >= 0"),
         (["--stop-after", "0"], "stop_after must be >= 1"),
         (["--seed", "-1"], "seed must be >= 0"),
@@ -548,7 +548,7 @@ def test_every_setting_is_a_flag_with_its_help_and_preset_values(
 @pytest.mark.parametrize(
     ("argv", "setting", "value"),
     [
-        (["--decay-milestones", "3", "5"], "decay_milestones", [3, 5]),
+        (["--lr-steps", "3", "5"], "lr_steps", [3, 5]),
         (["--model-kwargs", '{"depth": 2}'], "model_kwargs", {"depth": 2}),
         (["--baseline"], "baseline", True),
         (["--layer-decay", "0.5"], "layer_decay", 0.5),

@@ -1,10 +1,12 @@
-"""Training configuration of the CUB example: one dataclass, two presets, JSON files and command-line overrides.
+"""Training configuration of the example trainer: one dataclass, presets, JSON files and command-line overrides.
 
 ``generated`` (the default without ``--data-root``) fine-tunes the small ViT shipped with the package
 (:mod:`scm_calib.pretrained`, pretrained on generated shapes) on the generated WSOL dataset in a few CPU minutes,
-as the paper fine-tunes ImageNet-pretrained DeiT-S. ``cub`` is the recipe of SCM (Bai et al., ECCV 2022) on
-CUB-200-2011: DeiT-S, AdamW lr 5e-5, weight decay 0.05, drop-path 0.1, 30 epochs, batch 16, Resize 256 ->
-RandomCrop 224 -> flip, test Resize 224.
+as the paper fine-tunes ImageNet-pretrained DeiT-S. ``cub`` and ``ilsvrc`` are the official recipes of SCM (Bai
+et al., ECCV 2022), ``tscam-cub`` and ``tscam-ilsvrc`` those of its baseline TS-CAM (Gao et al., ICCV 2021):
+ImageNet-pretrained DeiT-S, AdamW, weight decay 0.05, drop-path 0.1, Resize 256 -> RandomCrop 224 -> flip, test
+Resize 224, and the official step learning-rate rule (:func:`step_decay_epochs`). Each preset cites the lines of
+the official code it reproduces.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ from typing import Any
 from scm_calib.data.generated import FAMILIES
 from scm_calib.pretrained import ENCODER_ARCH, ENCODER_KWARGS
 
-__all__ = ["DOCUMENTED_RESULTS", "PRESETS", "TrainConfig", "add_arguments", "load_config_file"]
+__all__ = ["DOCUMENTED_RESULTS", "PRESETS", "TrainConfig", "add_arguments", "load_config_file", "step_decay_epochs"]
 
 # Test metrics of the generated preset per data family (mean of seeds 0, 1, 2; docs/results.md), printed next
 # to a run's own numbers. GT-known Loc and Top-1 Loc at the best tau on test.
@@ -52,9 +54,20 @@ class TrainConfig:
     """
 
     preset: str = field(default="generated", metadata={"help": "name of the preset the values started from"})
+    dataset: str = field(
+        default="cub",
+        metadata={
+            "help": "layout of --data-root: cub (a CUB_200_2011 folder), ilsvrc (the list files of SCM / TS-CAM) or "
+            "wsol (wsolevaluation metadata of CUB, ILSVRC or OpenImages)"
+        },
+    )
     data_root: str | None = field(
         default=None,
-        metadata={"help": "a CUB_200_2011-like folder; none generates the default dataset into --data-cache"},
+        metadata={"help": "the dataset folder; none generates the default dataset (CUB layout) into --data-cache"},
+    )
+    metadata_root: str | None = field(
+        default=None,
+        metadata={"help": "with --dataset wsol: wsolevaluation's metadata/<dataset> folder (train/, test/, val/)"},
     )
     data_cache: str = field(
         default=".cache/scm_calib/generated", metadata={"help": "folder of the generated datasets (one per family)"}
@@ -95,14 +108,22 @@ class TrainConfig:
     )
     weight_decay: float = field(default=0.05, metadata={"help": "AdamW weight decay"})
     drop_path: float = field(default=0.1, metadata={"help": "stochastic depth rate of the encoder"})
-    sched: str = field(default="cosine", metadata={"help": "timm scheduler name (cosine, step, multistep, ...)"})
-    decay_milestones: tuple[int, ...] = field(
-        default=(10, 12), metadata={"help": "epochs at which multistep multiplies the lr by --decay-rate"}
+    lr_schedule: str = field(
+        default="cosine",
+        metadata={
+            "help": "cosine (timm's, stepped per update, down to --min-lr) or step (the official SCM / TS-CAM rule: "
+            "at the start of epoch e the lr is multiplied by --decay-rate when e %% s == 0 for any s in --lr-steps)"
+        },
     )
-    decay_rate: float = field(default=0.1, metadata={"help": "the lr factor of step / multistep"})
-    warmup_epochs: int = field(default=0, metadata={"help": "linear warm-up epochs (the schedule steps per update)"})
+    lr_steps: tuple[int, ...] = field(
+        default=(30,), metadata={"help": "the LR_STEPS s of the official configs, for --lr-schedule step"}
+    )
+    decay_rate: float = field(default=0.1, metadata={"help": "the lr factor of the step schedule (LR_FACTOR)"})
+    warmup_epochs: int = field(
+        default=0, metadata={"help": "linear warm-up epochs (per update with cosine, per epoch with step)"}
+    )
     warmup_lr: float = field(default=1e-6, metadata={"help": "lr at the start of the warm-up"})
-    min_lr: float = field(default=1e-6, metadata={"help": "final lr of the schedule"})
+    min_lr: float = field(default=1e-6, metadata={"help": "final lr of the cosine schedule"})
     clip_grad: float | None = field(default=None, metadata={"help": "max gradient norm; none or 0 for no clipping"})
     seed: int = field(default=0, metadata={"help": "seed of weights, data order and augmentation"})
     workers: int = field(default=2, metadata={"help": "DataLoader worker processes"})
@@ -158,8 +179,19 @@ class TrainConfig:
         for name, allowed in _CHOICES.items():
             if getattr(self, name) not in allowed:
                 raise ValueError(f"{name} must be one of {allowed}, got {getattr(self, name)!r}.")
-        if any(milestone < 1 for milestone in self.decay_milestones):
-            raise ValueError(f"decay_milestones must be epochs >= 1, got {list(self.decay_milestones)}.")
+        if any(step < 1 for step in self.lr_steps):
+            raise ValueError(f"lr_steps must be epochs >= 1, got {list(self.lr_steps)}.")
+        if self.lr_schedule == "step" and not self.lr_steps:
+            raise ValueError("lr_steps is empty but lr_schedule is 'step'; give the decay epochs, e.g. --lr-steps 30.")
+        if self.dataset != "cub" and self.data_root is None:
+            raise ValueError(
+                f"dataset {self.dataset!r} needs data_root (--data-root); only 'cub' has a generated default."
+            )
+        if (self.dataset == "wsol") != (self.metadata_root is not None):
+            raise ValueError(
+                f"metadata_root {self.metadata_root!r} goes with dataset 'wsol' only, got dataset {self.dataset!r}; "
+                "pass --dataset wsol --metadata-root <wsolevaluation metadata/NAME> together."
+            )
         if self.resize_size is not None and self.resize_size < self.image_size:
             raise ValueError(
                 f"resize_size {self.resize_size} is smaller than image_size {self.image_size}; the random crop "
@@ -201,6 +233,8 @@ _BOUNDS: dict[str, tuple[Callable[[float], bool], str]] = {
 
 _CHOICES: dict[str, tuple[Any, ...]] = {
     "head": ("conv", "linear"),
+    "dataset": ("cub", "ilsvrc", "wsol"),
+    "lr_schedule": ("cosine", "step"),
     "data_family": FAMILIES,
     "protocol": ("wsol", "scm", "tscam"),
     "device": (None, "cuda", "cpu"),
@@ -262,7 +296,14 @@ PRESETS: dict[str, TrainConfig] = {
         clip_grad=1.0,
         workers=0,
     ),
-    # The paper's CUB recipe (METHOD.md section 2).
+    # SCM's CUB recipe (Bai et al., ECCV 2022; the official code at github.com/164140757/SCM):
+    #   configs/CUB/deit_scm_small_patch16_224.yaml:9 deit_scm_small_patch16_224 (DeiT-S), :16-17 Resize 256 ->
+    #   crop 224, :23 BATCH_SIZE 16, :31 LR_STEPS [30], :32 NUM_EPOCHS 30, :33 LR_FACTOR 0.1;
+    #   README.md:91 `--lr 5e-5`; lib/config/default.py:163 drop-path 0.1, :173 AdamW, :183 weight decay 0.05
+    #   (the yaml's SOLVER.WEIGHT_DECAY is not read by timm's create_optimizer, tools_cam/train_cam.py:55);
+    #   tools_cam/train_cam.py:88-89 + lib/core/engine.py:66-81 the step rule. So lr 5e-5 for epochs 1-29 and 5e-6
+    #   for epoch 30. The official encoder is ImageNet-pretrained (tools_cam/train_cam.py:38): pass --pretrained
+    #   (timm's hub) or --checkpoint FILE (offline) with every official preset; none downloads by itself.
     "cub": TrainConfig(
         preset="cub",
         model="deit_small_patch16_224",
@@ -273,7 +314,73 @@ PRESETS: dict[str, TrainConfig] = {
         lr=5e-5,
         weight_decay=0.05,
         drop_path=0.1,
+        lr_schedule="step",
+        lr_steps=(30,),
+        decay_rate=0.1,
+        warmup_epochs=0,
         workers=4,
+    ),
+    # SCM's ILSVRC recipe: configs/ILSVRC/deit_scm_small_patch16_224.yaml:24 BATCH_SIZE 512, :32 LR_STEPS
+    # [10, 12], :33 NUM_EPOCHS 20, :6 NUM_WORKERS 6; README.md:93 `--lr 1e-6`; the rest as "cub". The step rule
+    # multiplies by 0.1 at epochs 10, 12 and 20 (20 % 10 == 0): 1e-6, 1e-7 from epoch 10, 1e-8 from 12, 1e-9 at 20.
+    "ilsvrc": TrainConfig(
+        preset="ilsvrc",
+        dataset="ilsvrc",
+        model="deit_small_patch16_224",
+        image_size=224,
+        resize_size=256,
+        epochs=20,
+        batch_size=512,
+        lr=1e-6,
+        weight_decay=0.05,
+        drop_path=0.1,
+        lr_schedule="step",
+        lr_steps=(10, 12),
+        decay_rate=0.1,
+        warmup_epochs=0,
+        workers=6,
+    ),
+    # TS-CAM's CUB recipe (Gao et al., ICCV 2021; github.com/vasgaowei/TS-CAM), the baseline without SCM:
+    #   configs/CUB/deit_tscam_small_patch16_224.yaml:21 BATCH_SIZE 128, :29 LR_STEPS [30], :30 NUM_EPOCHS 60,
+    #   :31 LR_FACTOR 0.1; train_val_cub.sh:7 `--lr 5e-5`; lib/config/default.py:160 drop-path 0.1, :170 AdamW,
+    #   :180 weight decay 0.05; tools_cam/train_cam.py:76-77 + lib/core/engine.py:58-73 the same step rule:
+    #   x0.1 at epochs 30 and 60.
+    "tscam-cub": TrainConfig(
+        preset="tscam-cub",
+        model="deit_small_patch16_224",
+        baseline=True,
+        image_size=224,
+        resize_size=256,
+        epochs=60,
+        batch_size=128,
+        lr=5e-5,
+        weight_decay=0.05,
+        drop_path=0.1,
+        lr_schedule="step",
+        lr_steps=(30,),
+        decay_rate=0.1,
+        warmup_epochs=0,
+        workers=4,
+    ),
+    # TS-CAM's ILSVRC recipe: configs/ILSVRC/deit_tscam_small_patch16_224.yaml:5 NUM_WORKERS 8, :22 BATCH_SIZE
+    # 256, :30 LR_STEPS [10, 12], :31 NUM_EPOCHS 20; train_val_ilsvrc.sh:7 `--lr 5e-4`; the rest as "tscam-cub".
+    "tscam-ilsvrc": TrainConfig(
+        preset="tscam-ilsvrc",
+        dataset="ilsvrc",
+        model="deit_small_patch16_224",
+        baseline=True,
+        image_size=224,
+        resize_size=256,
+        epochs=20,
+        batch_size=256,
+        lr=5e-4,
+        weight_decay=0.05,
+        drop_path=0.1,
+        lr_schedule="step",
+        lr_steps=(10, 12),
+        decay_rate=0.1,
+        warmup_epochs=0,
+        workers=8,
     ),
 }
 
@@ -282,7 +389,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Adds a flag for every field of :class:`TrainConfig` but ``preset``: ``--<name with dashes>``, typed from the
     field's annotation, with its help and its value in each preset.
 
-    Booleans are switches (``--baseline``), tuples take several values (``--decay-milestones 10 12``), dicts a JSON
+    Booleans are switches (``--baseline``), tuples take several values (``--lr-steps 10 12``), dicts a JSON
     object (``--model-kwargs '{"depth": 6}'``). Flags left out keep the preset's value (the parser should be made
     with ``argument_default=argparse.SUPPRESS``).
     """
@@ -327,6 +434,25 @@ def _shown(value: Any) -> str:
     if isinstance(value, dict):
         return json.dumps(value)
     return str(value)
+
+
+def step_decay_epochs(lr_steps: tuple[int, ...] | list[int], epochs: int) -> list[int]:
+    """The epochs (1-based) at whose start the official step rule multiplies the learning rate by its factor.
+
+    SCM's and TS-CAM's trainers run epochs ``1..epochs`` and call ``adjust_learning_rate_normal`` at the start of
+    each (SCM tools_cam/train_cam.py:88-89, lib/core/engine.py:66-81), which decays when ``e % s == 0`` for any
+    ``s`` in ``LR_STEPS``: every multiple of a step, not only the step itself (``[10, 12]`` over 20 epochs decays
+    at 10, 12 and 20). timm's ``MultiStepLRScheduler`` stepped per epoch with these epochs as ``decay_t`` gives
+    the same lr in every epoch (its milestone ``m`` applies from the 0-based epoch ``m - 1``).
+
+    Args:
+        lr_steps: the steps ``s`` (``LR_STEPS``).
+        epochs: number of epochs.
+
+    Returns:
+        The decay epochs, ascending, one entry per epoch however many steps divide it.
+    """
+    return [epoch for epoch in range(1, epochs + 1) if any(epoch % step == 0 for step in lr_steps)]
 
 
 def load_config_file(path: str | Path) -> dict[str, Any]:

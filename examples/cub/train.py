@@ -6,8 +6,11 @@ writes ``runs/generated-scm-seed0/``: ``config.json``, ``history.json``, ``metri
 
     python examples/cub/train.py                       # SCM on the generated dataset
     python examples/cub/train.py --baseline            # the same without SCM (TS-CAM style)
-    python examples/cub/train.py --data-root CUB_200_2011 --pretrained        # the paper's CUB recipe
-    torchrun --nproc-per-node 4 examples/cub/train.py --data-root CUB_200_2011 --pretrained
+    python examples/cub/train.py --data-root CUB_200_2011 --pretrained        # SCM's official CUB recipe
+    python examples/cub/train.py --data-root CUB_200_2011 --pretrained --preset tscam-cub   # TS-CAM's
+    torchrun --nproc-per-node 4 examples/cub/train.py --data-root CUB_200_2011 --pretrained --batch-size 4
+    torchrun --nproc-per-node 8 examples/cub/train.py --dataset ilsvrc --data-root ILSVRC2012 --batch-size 64
+    python examples/cub/train.py --dataset wsol --data-root dataset/OpenImages --metadata-root metadata/OpenImages
 """
 
 from __future__ import annotations
@@ -17,16 +20,16 @@ import functools
 import json
 import math
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 import numpy as np
 import timm
 import torch
-from config import DOCUMENTED_RESULTS, PRESETS, TrainConfig, add_arguments, load_config_file
+from config import DOCUMENTED_RESULTS, PRESETS, TrainConfig, add_arguments, load_config_file, step_decay_epochs
 from engine import (
     DistributedContext,
     rng_state,
@@ -38,6 +41,7 @@ from engine import (
 )
 from timm.optim import create_optimizer_v2
 from timm.scheduler import create_scheduler_v2
+from timm.scheduler.scheduler import Scheduler
 from torch import nn
 
 from scm_calib import (
@@ -53,6 +57,8 @@ from scm_calib.checkpoint import load_checkpoint, save_checkpoint
 from scm_calib.data import (
     CUBDataset,
     DatasetFormatError,
+    ILSVRCListDataset,
+    WSOLDataset,
     WSOLMetadataDataset,
     collate_wsol,
     ensure_generated_dataset,
@@ -83,14 +89,16 @@ def parse_args(argv: list[str] | None = None) -> tuple[TrainConfig, str | None]:
     parser.add_argument(
         "--preset",
         choices=sorted(PRESETS),
-        help="the settings to start from (default: cub with --data-root, else generated)",
+        help="the settings to start from (default: ilsvrc with --dataset ilsvrc, cub with --data-root, else generated)",
     )
     parser.add_argument("--config", help="JSON file of settings (the fields of config.TrainConfig)")
     parser.add_argument("--resume", nargs="?", const="auto", help="continue from <run>/checkpoint.pt or a file")
     add_arguments(parser)
     args = vars(parser.parse_args(argv))
     resume = args.pop("resume", None)
-    preset = args.pop("preset", "cub" if "data_root" in args else "generated")
+    preset = args.pop(
+        "preset", "ilsvrc" if args.get("dataset") == "ilsvrc" else "cub" if "data_root" in args else "generated"
+    )
     config = PRESETS[preset]
     config_file = args.pop("config", None)
     try:
@@ -102,11 +110,93 @@ def parse_args(argv: list[str] | None = None) -> tuple[TrainConfig, str | None]:
     return config, resume
 
 
-def load_datasets(config: TrainConfig, context: DistributedContext) -> dict[str, torch.utils.data.Dataset]:
-    """The train, test and (when the dataset has one) held-out ``val`` datasets.
+# What --data-root holds for each --dataset, for the messages.
+DATA_LAYOUTS = {
+    "cub": "the CUB_200_2011 folder (holding images.txt)",
+    "ilsvrc": "the ILSVRC-2012 folder (holding ILSVRC2012_list/train.txt, val_folder_new.txt, train/ and val/)",
+    "wsol": "the image folder of one wsolevaluation dataset (dataset/CUB, dataset/ILSVRC or dataset/OpenImages)",
+}
+
+
+def read_cub(root: Path, config: TrainConfig) -> dict[str, WSOLDataset]:
+    """CUB-200-2011 (or the generated dataset): train and test from its files, the held-out ``val`` split from
+    ``wsol_metadata/val/`` when that folder exists."""
+    datasets: dict[str, WSOLDataset] = {
+        "train": CUBDataset(root, "train", image_size=config.image_size, augment=True, masks=False),
+        "test": CUBDataset(root, "test", image_size=config.image_size, masks=False),
+    }
+    val_dir = root / "wsol_metadata" / "val"
+    if val_dir.is_dir():
+        datasets["val"] = WSOLMetadataDataset(
+            root / "images", val_dir, image_size=config.image_size, class_names=datasets["train"].class_names
+        )
+    return datasets
+
+
+def read_ilsvrc(root: Path, config: TrainConfig) -> dict[str, WSOLDataset]:
+    """ILSVRC-2012 in the layout of SCM's and TS-CAM's loaders (SCM lib/datasets/imagenet.py:55-59): train from
+    ``ILSVRC2012_list/train.txt`` ("<path> <label>") over ``train/``, test from ``ILSVRC2012_list/val_folder_new.txt``
+    ("<path> <label> <x0> <y0> <x1> <y1> ...") over ``val/``; labels 0-based."""
+    lists = root / "ILSVRC2012_list"
+    train = ILSVRCListDataset(
+        root / "train", lists / "train.txt", require_boxes=False, image_size=config.image_size, augment=True
+    )
+    train.class_names = folder_class_names(train)
+    test = ILSVRCListDataset(
+        root / "val", lists / "val_folder_new.txt", image_size=config.image_size, class_names=train.class_names
+    )
+    return {"train": train, "test": test}
+
+
+def read_wsol(root: Path, config: TrainConfig) -> dict[str, WSOLDataset]:
+    """A dataset of wsolevaluation (Choe et al., CVPR 2020): ``train/``, ``test/`` and, when present, the held-out
+    ``val/`` split folders of ``metadata_root``, their image paths relative to ``root``."""
+    metadata = Path(str(config.metadata_root))
+    if not metadata.is_dir():
+        raise SetupError(
+            f"--metadata-root {metadata} is not a folder; pass wsolevaluation's metadata/<dataset> folder (holding "
+            "train/, val/ and test/)."
+        )
+    train = WSOLMetadataDataset(
+        root, metadata / "train", require_boxes=False, image_size=config.image_size, augment=True
+    )
+    train.class_names = folder_class_names(train)
+    datasets: dict[str, WSOLDataset] = {"train": train}
+    for split in ("val", "test"):
+        if split == "test" or (metadata / split).is_dir():
+            datasets[split] = WSOLMetadataDataset(
+                root, metadata / split, image_size=config.image_size, class_names=train.class_names
+            )
+    return datasets
+
+
+DATASET_READERS: dict[str, Callable[[Path, TrainConfig], dict[str, WSOLDataset]]] = {
+    "cub": read_cub,
+    "ilsvrc": read_ilsvrc,
+    "wsol": read_wsol,
+}
+
+
+def folder_class_names(dataset: WSOLDataset) -> list[str]:
+    """Each class named by the folder of its first image (``n01440764`` in ILSVRC, ``001.Black_footed_Albatross``
+    in CUB), or by its label when none of the images is in a folder."""
+    names: dict[int, str] = {}
+    for record in dataset.records:
+        names.setdefault(record.label, PurePosixPath(record.path).parent.name)
+    return [names.get(label) or str(label) for label in range(dataset.num_classes)]
+
+
+def scored(dataset: WSOLDataset) -> dict[str, bool]:
+    """What the evaluation of a split scores: boxes when its images have any, PxAP when it reads masks (the
+    OpenImages layout of ``--dataset wsol``)."""
+    return {"boxes": any(record.boxes for record in dataset.records), "pxap": dataset.mask_root is not None}
+
+
+def load_datasets(config: TrainConfig, context: DistributedContext) -> dict[str, WSOLDataset]:
+    """The train, test and (when the dataset has one) held-out ``val`` datasets of ``config.dataset``.
 
     Raises:
-        SetupError: the data root does not exist or is not a CUB-like folder.
+        SetupError: the data root does not exist or does not hold a dataset of that layout.
     """
     if config.data_root is None:
         root = Path(config.data_cache) / config.data_family
@@ -118,21 +208,15 @@ def load_datasets(config: TrainConfig, context: DistributedContext) -> dict[str,
         root = Path(config.data_root)
         if not root.is_dir():
             raise SetupError(
-                f"--data-root {root} is not a folder; pass the CUB_200_2011 folder (holding images.txt) or leave "
-                "--data-root out to train on the generated dataset."
+                f"--data-root {root} is not a folder; pass {DATA_LAYOUTS[config.dataset]}"
+                + (" or leave --data-root out to train on the generated dataset." if config.dataset == "cub" else ".")
             )
     try:
-        datasets: dict[str, torch.utils.data.Dataset] = {
-            "train": CUBDataset(root, "train", image_size=config.image_size, augment=True, masks=False),
-            "test": CUBDataset(root, "test", image_size=config.image_size, masks=False),
-        }
-        if config.resize_size is not None:
-            datasets["train"].transform = wsol_train_transform(config.image_size, config.resize_size)
-        val_dir = root / "wsol_metadata" / "val"
-        if val_dir.is_dir():
-            datasets["val"] = WSOLMetadataDataset(root / "images", val_dir, image_size=config.image_size)
+        datasets = DATASET_READERS[config.dataset](root, config)
     except DatasetFormatError as err:
-        raise SetupError(f"cannot read the dataset at {root}: {err}") from err
+        raise SetupError(f"cannot read the {config.dataset} dataset at {root}: {err}") from err
+    if config.resize_size is not None:
+        datasets["train"].transform = wsol_train_transform(config.image_size, config.resize_size)
     num_classes = datasets["train"].num_classes
     for split, dataset in datasets.items():
         if len(dataset) == 0:
@@ -147,6 +231,29 @@ def load_datasets(config: TrainConfig, context: DistributedContext) -> dict[str,
                 "Fix or remove them before training."
             )
     return datasets
+
+
+def create_lr_scheduler(optimizer: torch.optim.Optimizer, config: TrainConfig, updates_per_epoch: int) -> Scheduler:
+    """timm's scheduler for ``config.lr_schedule``.
+
+    ``"cosine"`` is stepped per update (``scheduler.step_update``). ``"step"`` is timm's multistep schedule stepped
+    per epoch (``scheduler.step(epoch)`` at the start of each 0-based epoch) with the decay epochs of the official
+    rule (:func:`config.step_decay_epochs`), which gives the official lr in every epoch.
+    """
+    step = config.lr_schedule == "step"
+    scheduler, _ = create_scheduler_v2(
+        optimizer,
+        "multistep" if step else "cosine",
+        num_epochs=config.epochs,
+        warmup_epochs=config.warmup_epochs,
+        warmup_lr=config.warmup_lr,
+        min_lr=config.min_lr,
+        decay_milestones=step_decay_epochs(config.lr_steps, config.epochs),
+        decay_rate=config.decay_rate,
+        step_on_epochs=step,
+        updates_per_epoch=updates_per_epoch,
+    )
+    return scheduler
 
 
 def build_model(config: TrainConfig, num_classes: int) -> SCMAdapter:
@@ -254,7 +361,8 @@ def eval_loader(
 def results_table(config: TrainConfig, summary: dict[str, Any], run_dir: Path) -> str:
     """The closing table: this run's test metrics next to the centre prior's (same run) and, for the generated
     data, the documented runs of docs/results.md (SCM and its baseline, mean of 3 seeds)."""
-    columns = ("MaxBoxAccV2", "MaxBoxAcc", "GTKnownLoc", "Top1Loc", "Top1Cls")
+    names = ("MaxBoxAccV2", "MaxBoxAcc", "GTKnownLoc", "Top1Loc", "Top1Cls", "PxAP")
+    columns = tuple(name for name in names if name in summary["test"])
     rows = [(f"this run ({'baseline' if config.baseline else 'SCM'}), best tau on test", summary["test"])]
     if "test_at_val_tau" in summary:
         rows.append(("this run, tau chosen on the held-out val split", summary["test_at_val_tau"]))
@@ -496,18 +604,7 @@ def build_training(config: TrainConfig, context: DistributedContext, train_set: 
     optimizer = create_optimizer_v2(
         adapter, "adamw", lr=config.lr, weight_decay=config.weight_decay, layer_decay=config.layer_decay
     )
-    scheduler, _ = create_scheduler_v2(
-        optimizer,
-        config.sched,
-        num_epochs=config.epochs,
-        warmup_epochs=config.warmup_epochs,
-        warmup_lr=config.warmup_lr,
-        min_lr=config.min_lr,
-        decay_milestones=list(config.decay_milestones),
-        decay_rate=config.decay_rate,
-        step_on_epochs=False,
-        updates_per_epoch=updates_per_epoch,
-    )
+    scheduler = create_lr_scheduler(optimizer, config, updates_per_epoch)
     return Training(adapter, optimizer, scheduler)
 
 
@@ -544,6 +641,7 @@ def fit(
     shard_size = math.ceil(len(train_set) / context.world_size)
     progress = make_progress(context, total=(last_epoch - training.epoch) * shard_size * context.world_size)
     for epoch in range(training.epoch, last_epoch):
+        training.scheduler.step(epoch)  # the lr of the epoch for the "step" schedule; "cosine" steps per update
         stopped = f"training stopped in epoch {epoch + 1} ({run_dir / CHECKPOINT} holds the epochs before it)"
         with adapter.calibration_disabled(epoch < config.scm_start_epoch), reported_as_setup_error(stopped):
             stats, training.global_step = train_one_epoch(
@@ -612,20 +710,31 @@ def report(
     with reported_as_setup_error(f"evaluation stopped ({run_dir} holds the trained model; --resume evaluates it)"):
         if "val" in datasets:
             val_loader = eval_loader(datasets["val"], config, context)
-            val = evaluate(training.adapter, val_loader, size, config.protocol, device=context.device)
+            val = evaluate(
+                training.adapter, val_loader, size, config.protocol, device=context.device, **scored(datasets["val"])
+            )
         test_loader = eval_loader(datasets["test"], config, context)
-        test = evaluate(training.adapter, test_loader, size, config.protocol, centre_prior=True, device=context.device)
+        test = evaluate(
+            training.adapter,
+            test_loader,
+            size,
+            config.protocol,
+            centre_prior=True,
+            device=context.device,
+            **scored(datasets["test"]),
+        )
     summary = summarize(val, test, config.protocol)
     summary["history"] = training.history
     if context.is_main:
         (run_dir / "metrics.json").write_text(json.dumps(summary, indent=1), encoding="utf-8")
-        tau = summary.get("test_at_val_tau", {}).get("tau", test["best_tau"])
+        tau = summary.get("test_at_val_tau", {}).get("tau", test.get("best_tau"))
+        overlays = config.overlays if tau is not None else 0  # boxes are drawn at tau; a mask-only test has none
         models: dict[str, nn.Module] = {"baseline" if config.baseline else "SCM": training.adapter}
-        twin = twin_model(config, datasets["train"].num_classes) if config.overlays > 0 else None
+        twin = twin_model(config, datasets["train"].num_classes) if overlays > 0 else None
         if twin is not None:
             models[twin[0]] = twin[1]
         models = dict(sorted(models.items(), key=lambda item: item[0] != "SCM"))  # SCM first
-        write_figures(run_dir, models, training.history, datasets["test"], config.overlays, tau)
+        write_figures(run_dir, models, training.history, datasets["test"], overlays, tau or 0.0)
         print(results_table(config, summary, run_dir))
     return summary
 

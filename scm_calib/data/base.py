@@ -45,6 +45,9 @@ class ImageRecord:
         boxes: boxes (x0, y0, x1, y1) in pixels of the original image; may be empty for splits without boxes.
         source: ``"<file>:<line>"`` of the line that listed the image, for error messages.
         size: original (width, height) when the metadata gives it (checked against the image), else None.
+        masks: instance mask files (PNG, relative to the dataset's mask root) whose union is the object mask, as
+            wsolevaluation lists OpenImages; empty when the masks mirror the images or there are none.
+        ignore: the mask file of the pixels to leave out of PxAP (OpenImages' ignore regions), or None.
     """
 
     path: str
@@ -52,6 +55,8 @@ class ImageRecord:
     boxes: tuple[Box, ...]
     source: str
     size: tuple[int, int] | None = None
+    masks: tuple[str, ...] = ()
+    ignore: str | None = None
 
 
 @dataclass
@@ -69,6 +74,8 @@ class WSOLSample:
         boxes_protocol: (K, 4) int64 boxes in the evaluation protocol's convention (each original coordinate
             times the input size over the original size, truncated), or None when not asked for.
         mask: (H, W) bool object mask in pixels of ``image`` (stored mask value > 127), or None without masks.
+        ignore: (H, W) bool pixels to leave out of PxAP (ignore mask > 127 outside the object; all False without
+            an ignore file) for records that list their mask files (OpenImages), else None.
     """
 
     image: torch.Tensor
@@ -79,6 +86,7 @@ class WSOLSample:
     path: str
     boxes_protocol: torch.Tensor | None = None
     mask: torch.Tensor | None = None
+    ignore: torch.Tensor | None = None
 
 
 @dataclass
@@ -94,6 +102,7 @@ class WSOLBatch:
         paths: B relative image paths.
         boxes_protocol: B tensors (K_i, 4) int64 in the protocol's convention, or None.
         masks: (B, H, W) bool, or None.
+        ignore: (B, H, W) bool pixels to leave out of PxAP, or None.
     """
 
     images: torch.Tensor
@@ -104,6 +113,7 @@ class WSOLBatch:
     paths: list[str]
     boxes_protocol: list[torch.Tensor] | None = None
     masks: torch.Tensor | None = None
+    ignore: torch.Tensor | None = None
 
     def to(self, device: torch.device | str, non_blocking: bool = False) -> WSOLBatch:
         """Move every tensor to ``device``.
@@ -128,6 +138,7 @@ class WSOLBatch:
             paths=list(self.paths),
             boxes_protocol=None if self.boxes_protocol is None else [move(b) for b in self.boxes_protocol],
             masks=None if self.masks is None else move(self.masks),
+            ignore=None if self.ignore is None else move(self.ignore),
         )
 
     def pin_memory(self) -> WSOLBatch:
@@ -145,6 +156,7 @@ class WSOLBatch:
             paths=list(self.paths),
             boxes_protocol=None if self.boxes_protocol is None else [b.pin_memory() for b in self.boxes_protocol],
             masks=None if self.masks is None else self.masks.pin_memory(),
+            ignore=None if self.ignore is None else self.ignore.pin_memory(),
         )
 
 
@@ -159,7 +171,7 @@ def collate_wsol(samples: Sequence[WSOLSample]) -> WSOLBatch:
     """
     if not samples:
         raise ValueError("collate_wsol got an empty list of samples; give it at least one.")
-    for name in ("boxes_protocol", "mask"):
+    for name in ("boxes_protocol", "mask", "ignore"):
         present = [getattr(sample, name) is not None for sample in samples]
         if any(present) and not all(present):
             raise ValueError(
@@ -176,6 +188,7 @@ def collate_wsol(samples: Sequence[WSOLSample]) -> WSOLBatch:
         paths=[sample.path for sample in samples],
         boxes_protocol=None if first.boxes_protocol is None else [s.boxes_protocol for s in samples],
         masks=None if first.mask is None else torch.stack([sample.mask for sample in samples]),
+        ignore=None if first.ignore is None else torch.stack([sample.ignore for sample in samples]),
     )
 
 
@@ -197,8 +210,10 @@ class WSOLDataset(torch.utils.data.Dataset):
             float (3, S, S) image. Default: :func:`wsol_train_transform` or :func:`wsol_eval_transform`.
         boxes_protocol: also give the protocol's integer boxes (valid when the geometric transform resizes the
             whole image, as the eval transform does). Default: on with the default eval transform.
-        mask_root: folder of the masks, which mirror the images as PNG (``a/b.jpg`` -> ``a/b.png``); None for
-            no masks.
+        mask_root: folder of the masks, which mirror the images as PNG (``a/b.jpg`` -> ``a/b.png``), or that the
+            records' ``masks`` and ``ignore`` files are relative to; None for no masks.
+        class_names: the name of every class, index = label; default: ``"0"``, ``"1"``, ... up to the largest
+            label of ``records``.
     """
 
     def __init__(
@@ -211,9 +226,13 @@ class WSOLDataset(torch.utils.data.Dataset):
         transform: Callable[..., Any] | None = None,
         boxes_protocol: bool | None = None,
         mask_root: str | Path | None = None,
+        class_names: Sequence[str] | None = None,
     ) -> None:
         require_torchvision()
         self.records = list(records)
+        if class_names is None:
+            class_names = [str(label) for label in range(max(self.labels, default=-1) + 1)]
+        self.class_names = list(class_names)
         self.image_root = Path(image_root)
         self.mask_root = None if mask_root is None else Path(mask_root)
         if transform is None:
@@ -225,6 +244,11 @@ class WSOLDataset(torch.utils.data.Dataset):
 
     def __len__(self) -> int:
         return len(self.records)
+
+    @property
+    def num_classes(self) -> int:
+        """Number of classes (named in ``class_names``)."""
+        return len(self.class_names)
 
     @property
     def labels(self) -> list[int]:
@@ -243,9 +267,7 @@ class WSOLDataset(torch.utils.data.Dataset):
 
         problems = []
         for record in self.records:
-            files = [self.image_root / record.path]
-            if self.mask_root is not None:
-                files.append((self.mask_root / record.path).with_suffix(".png"))
+            files = [self.image_root / record.path, *self._mask_files(record)]
             try:
                 for path in files:
                     try:
@@ -265,6 +287,16 @@ class WSOLDataset(torch.utils.data.Dataset):
             except DatasetFormatError as error:
                 problems.append(str(error))
         return problems
+
+    def _mask_files(self, record: ImageRecord) -> list[Path]:
+        """The mask files of a record (its instance masks, then its ignore mask), or the one mask that mirrors its
+        image; empty without a mask root."""
+        if self.mask_root is None:
+            return []
+        if not record.masks:
+            return [(self.mask_root / record.path).with_suffix(".png")]
+        ignore = [] if record.ignore is None else [record.ignore]
+        return [self.mask_root / path for path in (*record.masks, *ignore)]
 
     def __getitem__(self, index: int) -> WSOLSample:
         from torchvision import tv_tensors
@@ -289,15 +321,23 @@ class WSOLDataset(torch.utils.data.Dataset):
             tv_tensors.Image(torch.from_numpy(image).permute(2, 0, 1)),
             tv_tensors.BoundingBoxes(boxes.to(torch.float32), format="XYXY", canvas_size=(height, width)),
         ]
-        if self.mask_root is not None:
-            mask_path = (self.mask_root / record.path).with_suffix(".png")
+        masks = []
+        for mask_path in self._mask_files(record):
             mask = _read_image(mask_path, record, mode="L")
             if mask.shape != (height, width):
                 raise DatasetFormatError(
                     f"{mask_path}: mask is {mask.shape[1]}x{mask.shape[0]} but its image {record.path} "
                     f"(listed in {record.source}) is {width}x{height}; masks must match their images."
                 )
-            inputs.append(tv_tensors.Mask(torch.from_numpy(mask)[None]))
+            masks.append(torch.from_numpy(mask) > 127)
+        has_ignore = record.ignore is not None and self.mask_root is not None
+        if masks:
+            # The object is the union of the instance masks; the ignore region leaves the object out, as
+            # wsolevaluation's get_mask. Both travel as one (2, H, W) mask through the transform.
+            instances = masks[: len(masks) - has_ignore]
+            union = torch.stack(instances).any(dim=0)
+            ignore = masks[-1] & ~union if has_ignore else torch.zeros_like(union)
+            inputs.append(tv_tensors.Mask(torch.stack([union, ignore]).to(torch.uint8) * 255))
         outputs = self.transform(*inputs)
         out_image = outputs[0].as_subclass(torch.Tensor)
         return WSOLSample(
@@ -312,7 +352,8 @@ class WSOLDataset(torch.utils.data.Dataset):
                 if self.boxes_protocol
                 else None
             ),
-            mask=outputs[2].as_subclass(torch.Tensor)[0] > 127 if self.mask_root is not None else None,
+            mask=outputs[2].as_subclass(torch.Tensor)[0] > 127 if masks else None,
+            ignore=outputs[2].as_subclass(torch.Tensor)[1] > 127 if masks and record.masks else None,
         )
 
 

@@ -196,7 +196,6 @@ class CUBDataset(WSOLDataset):
         root = Path(root)
         self.root = root
         self.split = split
-        self.class_names = read_cub_classes(root)
         mask_root = root / "segmentations"
         if masks is None:
             masks = mask_root.is_dir()
@@ -212,9 +211,5 @@ class CUBDataset(WSOLDataset):
             transform=transform,
             boxes_protocol=boxes_protocol,
             mask_root=mask_root if masks else None,
+            class_names=read_cub_classes(root),
         )
-
-    @property
-    def num_classes(self) -> int:
-        """Number of classes in ``classes.txt``."""
-        return len(self.class_names)

@@ -6,7 +6,7 @@ the image in pixels of the original image, labels 0-based (``label_base=1`` for 
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -81,6 +81,7 @@ class ILSVRCListDataset(WSOLDataset):
         augment: training transform instead of the eval transform (only when ``transform`` is None).
         transform: a v2 transform replacing the default (see :class:`~scm_calib.data.WSOLDataset`).
         boxes_protocol: also give the protocol's integer boxes; default: on with the default eval transform.
+        class_names: the name of every class, index = label; default: the labels as text.
     """
 
     def __init__(
@@ -94,6 +95,7 @@ class ILSVRCListDataset(WSOLDataset):
         augment: bool = False,
         transform: Callable[..., Any] | None = None,
         boxes_protocol: bool | None = None,
+        class_names: Sequence[str] | None = None,
     ) -> None:
         super().__init__(
             read_ilsvrc_list(list_file, label_base=label_base, require_boxes=require_boxes),
@@ -102,4 +104,5 @@ class ILSVRCListDataset(WSOLDataset):
             augment=augment,
             transform=transform,
             boxes_protocol=boxes_protocol,
+            class_names=class_names,
         )
