@@ -205,8 +205,13 @@ class SCMAdapter(nn.Module):
             disabled: False leaves SCM on (a no-op block), so a schedule reads ``calibration_disabled(epoch < k)``.
 
         Example:
+            >>> import timm
+            >>> encoder = timm.create_model("vit_tiny_patch16_224", img_size=32, patch_size=8, num_classes=3)
+            >>> adapter = SCMAdapter(encoder)
             >>> with adapter.calibration_disabled():
-            ...     logits = adapter(images).logits  # the average of the raw class-score maps, as without SCM
+            ...     logits = adapter(torch.rand(2, 3, 32, 32)).logits  # the raw class-score maps' average
+            >>> adapter.scm is not None  # switched back on when the block ends
+            True
         """
         scm = self.scm
         if disabled:

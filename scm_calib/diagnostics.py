@@ -19,12 +19,17 @@ under the ``"tscam"`` preset, or with ``strict_iou=False`` under ``"wsol"``) at 
 is the protocol's clipped box; TS-CAM's own boxes are not clipped, one pixel wider at the right and bottom edges.
 
 Example:
-    >>> outcomes = LocalizationOutcomes(tau=best_tau)
-    >>> outcomes.update(maps, logits, labels, gt_boxes)           # once per batch; maps (B, C, H, W)
-    >>> outcomes.compute()                                        # percent per outcome
-    >>> rows = diagnose_images(maps, logits, labels, gt_boxes, paths, tau=best_tau)
-    >>> write_diagnoses("test_images.csv", rows)
-    >>> worst, best = worst_and_best(rows, k=8)                   # the images to draw
+    >>> maps = torch.zeros(2, 3, 16, 16); maps[:, :, 4:12, 4:12] = 1.0   # (B, C, H, W) class maps
+    >>> logits, labels = torch.tensor([[0.0, 2.0, 0.0], [3.0, 0.0, 0.0]]), torch.tensor([1, 2])
+    >>> gt_boxes = [torch.tensor([[4, 4, 11, 11]])] * 2
+    >>> outcomes = LocalizationOutcomes(tau=0.5)
+    >>> outcomes.update(maps, logits, labels, gt_boxes)                   # once per batch
+    >>> outcomes.compute()["right"], outcomes.compute()["wrong_class"]    # percent of the images
+    (50.0, 50.0)
+    >>> rows = diagnose_images(maps, logits, labels, gt_boxes, ["a.jpg", "b.jpg"], tau=0.5)
+    >>> write_diagnoses("test_images.csv", rows).name
+    'test_images.csv'
+    >>> worst, best = worst_and_best(rows, k=1)                           # the images to draw
 """
 
 from __future__ import annotations

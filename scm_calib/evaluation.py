@@ -3,9 +3,20 @@ on the localization maps ``A * S_c`` (SCM, Bai et al., ECCV 2022), a centre-prio
 that reads the test split at the thresholds chosen on a held-out split (Choe et al., CVPR 2020).
 
 Example:
-    >>> val = evaluate(adapter, val_loader, image_size=(224, 224))
-    >>> test = evaluate(adapter, test_loader, image_size=(224, 224), centre_prior=True)
+    >>> import timm
+    >>> from scm_calib import SCMAdapter
+    >>> from scm_calib.data import WSOLBatch
+    >>> encoder = timm.create_model("vit_tiny_patch16_224", img_size=32, patch_size=8, num_classes=3)
+    >>> boxes = [torch.tensor([[4, 4, 20, 24]]), torch.tensor([[8, 0, 31, 15]])]
+    >>> batch = WSOLBatch(torch.rand(2, 3, 32, 32), torch.tensor([0, 2]), boxes, torch.tensor([[32, 32]] * 2),
+    ...                   torch.arange(2), ["a.jpg", "b.jpg"], boxes_protocol=boxes)
+    >>> loader = [batch]                                  # a DataLoader of the eval transform, usually
+    >>> adapter = SCMAdapter(encoder)
+    >>> val = evaluate(adapter, loader, image_size=(32, 32))
+    >>> test = evaluate(adapter, loader, image_size=(32, 32), centre_prior=True)
     >>> summary = summarize(val, test, "wsol")  # summary["test_at_val_tau"]: test at the val split's tau
+    >>> sorted(summary)
+    ['centre_prior', 'protocol', 'test', 'test_at_val_tau', 'val']
 """
 
 from __future__ import annotations

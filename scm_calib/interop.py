@@ -18,9 +18,16 @@ the two truncations differ only on a value within one float32 step below a multi
 2.5 million pixels of 50 bicubic-resized noise maps, seed 0).
 
 Example:
+    >>> from scm_calib.data import ImageRecord
+    >>> from scm_calib.metrics import BoxAccuracy
+    >>> records = [ImageRecord("001.Bird/a.jpg", 0, ((10.0, 20.0, 100.0, 120.0),), "test:1", size=(200, 150))]
+    >>> maps = torch.rand(1, 14, 14)                                     # one score map per image
     >>> command = write_wsolevaluation("run/wsol", records, maps, dataset_name="CUB", split="test")
+    >>> metric = BoxAccuracy(protocol="wsol", size=(224, 224))
     >>> for batch in read_wsolevaluation("run/wsol/scoremaps", "run/wsol/metadata/CUB/test"):
     ...     metric.update(batch.maps, batch.gt_boxes)
+    >>> 0.0 <= metric.compute()["MaxBoxAccV2"] <= 100.0
+    True
 """
 
 from __future__ import annotations

@@ -55,8 +55,12 @@ class SweepOptions:
             ``"bilinear"`` (SCM, TS-CAM).
 
     Example:
+        >>> from scm_calib.boxes import prepare_maps
+        >>> maps = torch.zeros(1, 8, 8); maps[0, 2:4, 1:6] = 1.0
         >>> options = SweepOptions(thresholds=[0.3, 0.5], holes=False)
-        >>> blob_boxes(quantized, options, largest_only=True)
+        >>> blob_boxes(prepare_maps(maps), options, largest_only=True).boxes
+        tensor([[1, 2, 6, 4],
+                [1, 2, 6, 4]])
     """
 
     thresholds: Tensor | Sequence[float] | None = None

@@ -12,10 +12,15 @@ same counts up over batches and processes (:class:`BoxAccuracy`, :class:`Localiz
 ``compute()`` at the end (on every process under ``torch.distributed``: it sums the states), ``reset()``.
 
 Example:
+    >>> import torch
+    >>> maps = torch.zeros(2, 14, 14)
+    >>> maps[:, 3:10, 4:12] = 1.0                         # (B, h, w) score maps of two images
+    >>> gt_boxes = [torch.tensor([[4, 3, 11, 9]])] * 2   # (K, 4) boxes of each image, in pixels of the maps
     >>> val = BoxAccuracy(protocol="wsol")
     >>> val.update(maps, gt_boxes)                        # once per batch
     >>> best = val.compute()["best_tau"]                  # threshold chosen on a held-out split
-    >>> test = box_accuracy(test_maps, test_boxes, tau=best)  # applied, fixed, to the test split
+    >>> box_accuracy(maps, gt_boxes, tau=best)["MaxBoxAccV2"]  # applied, fixed, to the test split
+    100.0
 """
 
 from .functional import box_accuracy, localization_accuracy, pixel_average_precision
