@@ -311,7 +311,8 @@ def test_pxap_leaves_out_the_ignore_region(tiny_cub: Path, tmp_path: Path) -> No
     test = train.load_datasets(config, context)["test"]
     assert train.scored(test) == {"boxes": False, "pxap": True}
     model = train.build_model(config, test.num_classes)
-    metrics = train.evaluate(model, train.eval_loader(test, config, context), context, (32, 32), **train.scored(test))
+    loader = train.eval_loader(test, config, context)
+    metrics = train.evaluate(model, loader, (32, 32), device=context.device, **train.scored(test))
     assert metrics["PxAP"] == pytest.approx(100.0)
 
 

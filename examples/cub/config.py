@@ -112,7 +112,7 @@ class TrainConfig:
         default="cosine",
         metadata={
             "help": "cosine (timm's, stepped per update, down to --min-lr) or step (the official SCM / TS-CAM rule: "
-            "at the start of epoch e the lr is multiplied by --decay-rate when e %% s == 0 for any s in --lr-steps)"
+            "at the start of epoch e the lr is multiplied by --decay-rate when e is a multiple of any s in --lr-steps)"
         },
     )
     lr_steps: tuple[int, ...] = field(
