@@ -1,6 +1,7 @@
 """Evaluation of a WSOL model over a data loader: the box and localization metrics of :mod:`scm_calib.metrics`
-on the localization maps ``A * S_c`` (SCM, Bai et al., ECCV 2022), a centre-prior reference map, and the report
-that reads the test split at the thresholds chosen on a held-out split (Choe et al., CVPR 2020).
+on the localization maps ``A * S_c`` (SCM, Bai et al., ECCV 2022), a centre-prior reference map, the report
+that reads the test split at the thresholds chosen on a held-out split (Choe et al., CVPR 2020), and the per-image
+diagnostics with TS-CAM's breakdown of localization outcomes (Gao et al., ICCV 2021) at one threshold.
 
 Example:
     >>> import timm
@@ -17,23 +18,31 @@ Example:
     >>> summary = summarize(val, test, "wsol")  # summary["test_at_val_tau"]: test at the val split's tau
     >>> sorted(summary)
     ['centre_prior', 'protocol', 'test', 'test_at_val_tau', 'val']
+    >>> found = diagnose(adapter, loader, image_size=(32, 32), tau=summary["test_at_val_tau"]["tau"])
+    >>> len(found["images"]), sorted(found["outcomes"])[:2]    # one row per image; percent per outcome
+    (2, ['count', 'multi_instance'])
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch
+import torch.distributed as dist
 from torch import nn
 
+from .adapter import SCMOutput
+from .diagnostics import ImageDiagnosis, LocalizationOutcomes, OutcomeThresholds, diagnose_images
+from .interop import write_score_maps
 from .localize import select_maps, semantic_and_attention
-from .metrics import BoxAccuracy, LocalizationAccuracy, PixelAveragePrecision
+from .metrics import BoxAccuracy, LocalizationAccuracy, PixelAveragePrecision, get_protocol
 
 if TYPE_CHECKING:
     from .data import WSOLBatch
 
-__all__ = ["centre_prior_map", "evaluate", "summarize"]
+__all__ = ["centre_prior_map", "diagnose", "evaluate", "summarize"]
 
 _IOU_NAMES = ("30", "50", "70")
 
@@ -48,6 +57,7 @@ def evaluate(
     device: torch.device | str | None = None,
     boxes: bool = True,
     pxap: bool = False,
+    scoremaps: str | Path | None = None,
 ) -> dict[str, Any]:
     """Box, localization and mask metrics of a model on a dataset (under ``torch.distributed``, each process its shard).
 
@@ -67,6 +77,9 @@ def evaluate(
         boxes: score boxes (the box and localization metrics); False for a dataset with masks only (OpenImages).
         pxap: also score PxAP of the ground-truth class's map against the batches' ``masks``, leaving out their
             ``ignore`` pixels (:class:`~scm_calib.metrics.PixelAveragePrecision`, maps resized to ``image_size``).
+        scoremaps: also write the ground-truth class's map of every image, as scored, to
+            ``<scoremaps>/<path>.npy`` (:func:`~scm_calib.interop.write_score_maps`: 224 x 224, min-max
+            normalised; each process its shard), the score maps clovaai wsolevaluation's ``evaluation.py`` reads.
 
     Returns:
         The dicts of :func:`~scm_calib.metrics.box_accuracy` and :func:`~scm_calib.metrics.localization_accuracy`
@@ -89,13 +102,13 @@ def evaluate(
         if pxap and batch.masks is None:
             raise ValueError("pxap=True needs masks in the batches; build the dataset with its masks (mask_root).")
         batch = batch.to(device)
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
-            output = semantic_and_attention(model, batch.images)
-        logits = output.logits.float()
-        output = output._replace(logits=logits)
+        output = _forward(model, batch, device)
+        logits = output.logits
         maps_topk = select_maps(output, min(5, logits.shape[1]))
         maps_gt = select_maps(output, batch.labels)
         scorers["model"].update(logits, batch, maps_topk, maps_gt)
+        if scoremaps is not None:
+            write_score_maps(scoremaps, batch.paths, maps_gt, interpolation=get_protocol(protocol).interpolation)
         if centre_prior:
             prior = centre_prior_map(maps_gt.shape[-2:], device).expand_as(maps_gt)
             prior_topk = prior[:, None].expand_as(maps_topk)
@@ -104,6 +117,79 @@ def evaluate(
     for name, scorer in scorers.items():
         metrics[name] = scorer.compute()
     return metrics
+
+
+def _forward(model: nn.Module, batch: WSOLBatch, device: torch.device) -> SCMOutput:
+    """The model's maps and float32 logits of a batch on ``device`` (bf16 autocast on CUDA)."""
+    with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
+        output = semantic_and_attention(model, batch.images)
+    return output._replace(logits=output.logits.float())
+
+
+@torch.no_grad()
+def diagnose(
+    model: nn.Module,
+    loader: Iterable[Any],
+    image_size: tuple[int, int],
+    tau: float,
+    protocol: str = "wsol",
+    device: torch.device | str | None = None,
+) -> dict[str, Any]:
+    """The per-image table and TS-CAM's breakdown of localization outcomes (:mod:`scm_calib.diagnostics`) at ``tau``.
+
+    A pass of its own after :func:`evaluate`: the threshold to read the boxes at (the held-out split's
+    ``best_tau``, else the test split's) is known only once the evaluation's sweep is done, and one forward pass at
+    one threshold costs less than keeping every image's box at every threshold of the sweep.
+
+    Args:
+        model: an SCMAdapter or a stripped model (DDP / ``torch.compile`` wrappers are looked through).
+        loader: yields :class:`~scm_calib.data.WSOLBatch` es with ``boxes_protocol`` (the eval transform).
+        image_size: (H, W) of the input images, the size the maps are resized to.
+        tau: the threshold the top-1 class's map is read at.
+        protocol: ``"wsol"``, ``"scm"`` or ``"tscam"``: its interpolation, and TS-CAM's ``IoU > 0.5`` for
+            ``right`` with ``"tscam"`` (else ``IoU >= 0.5``, so ``right`` equals Top-1 Loc at ``tau``).
+        device: where the batches go; None: the device of the model's first parameter.
+
+    Returns:
+        ``"outcomes"``: the percent of images per outcome and ``count`` (summed over processes), and
+        ``"images"``: one :class:`~scm_calib.diagnostics.ImageDiagnosis` per image in dataset order (the rows of
+        every process, gathered with ``all_gather_object`` under an initialised process group).
+
+    Raises:
+        ValueError: A batch without ``boxes_protocol`` (a training transform).
+    """
+    if device is None:
+        device = next(model.parameters()).device
+    device = torch.device(device)
+    preset = get_protocol(protocol)
+    rule = OutcomeThresholds(strict_iou=preset.strict_iou)
+    outcomes = LocalizationOutcomes(tau, image_size, preset.interpolation, rule)
+    rows: list[tuple[int, ImageDiagnosis]] = []
+    for batch in loader:
+        if batch.boxes_protocol is None:
+            raise ValueError("diagnostics need boxes_protocol in the batches; build the dataset with augment=False.")
+        batch = batch.to(device)
+        output = _forward(model, batch, device)
+        maps = select_maps(output, "top1")
+        outcomes.update(maps, output.logits, batch.labels, batch.boxes_protocol)
+        found = diagnose_images(
+            maps,
+            output.logits,
+            batch.labels,
+            batch.boxes_protocol,
+            batch.paths,
+            tau,
+            size=image_size,
+            interpolation=preset.interpolation,
+            thresholds=rule,
+        )
+        rows += zip(batch.indices.tolist(), found, strict=True)
+    if dist.is_available() and dist.is_initialized():
+        outcomes.sync()
+        shards: list[Any] = [None] * dist.get_world_size()
+        dist.all_gather_object(shards, rows)
+        rows = [row for shard in shards for row in shard]
+    return {"outcomes": outcomes.compute(), "images": [row for _, row in sorted(rows, key=lambda pair: pair[0])]}
 
 
 def centre_prior_map(size: tuple[int, int] | torch.Size, device: torch.device | str = "cpu") -> torch.Tensor:

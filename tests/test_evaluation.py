@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
+import numpy as np
 import pytest
 import torch
 from conftest import tiny_input, tiny_model
@@ -9,7 +12,9 @@ from conftest import tiny_input, tiny_model
 from scm_calib import SCMAdapter
 from scm_calib import metrics as M
 from scm_calib.data import WSOLBatch
-from scm_calib.evaluation import centre_prior_map, evaluate, summarize
+from scm_calib.diagnostics import OUTCOMES
+from scm_calib.evaluation import centre_prior_map, diagnose, evaluate, summarize
+from scm_calib.interop import write_score_maps
 from scm_calib.localize import select_maps, semantic_and_attention
 
 
@@ -22,8 +27,8 @@ def _batch(seed: int, protocol_boxes: bool = True) -> WSOLBatch:
         labels=torch.tensor([seed % 6, 2, 5]),
         boxes=[b.float() for b in boxes],
         image_sizes=torch.full((3, 2), 64),
-        indices=torch.arange(3),
-        paths=["a", "b", "c"],
+        indices=torch.arange(3) + 3 * seed,
+        paths=[f"{seed}/{name}.jpg" for name in "abc"],
         boxes_protocol=boxes if protocol_boxes else None,
     )
 
@@ -53,6 +58,46 @@ def test_evaluate_needs_the_protocol_boxes() -> None:
     adapter = SCMAdapter(tiny_model("vit", num_classes=6))
     with pytest.raises(ValueError, match="augment=False"):
         evaluate(adapter, [_batch(0, protocol_boxes=False)], (24, 24))
+
+
+@pytest.mark.parametrize("protocol", ["wsol", "scm", "tscam"])
+def test_diagnose_right_is_top1_loc_at_tau_and_gives_one_row_per_image(protocol: str) -> None:
+    adapter = SCMAdapter(tiny_model("vit", num_classes=6))
+    loader = [_batch(0), _batch(1)]
+    for batch in loader:  # the first two images of each batch right, with a box the map's blob can hit
+        batch.labels[:2] = semantic_and_attention(adapter, batch.images).logits[:2].argmax(dim=1)
+        batch.boxes_protocol[0] = torch.tensor([[0, 0, 23, 23]])
+    result = evaluate(adapter, loader, (24, 24), protocol)
+    index = int(result["curve/Top1Loc"].argmax())
+    assert result["curve/Top1Loc"][index] > 0
+    tau = float(result["thresholds"][index])
+    found = diagnose(adapter, reversed(loader), (24, 24), tau, protocol)  # rows come back in dataset order
+    assert found["outcomes"]["right"] == pytest.approx(float(result["curve/Top1Loc"][index]))
+    assert sum(found["outcomes"][name] for name in OUTCOMES) == pytest.approx(100.0)
+    assert [row.image_id for row in found["images"]] == [path for batch in loader for path in batch.paths]
+    assert [row.label for row in found["images"]] == torch.cat([batch.labels for batch in loader]).tolist()
+    assert all(row.tau == tau and row.outcome in OUTCOMES for row in found["images"])
+
+
+def test_diagnose_needs_the_protocol_boxes() -> None:
+    adapter = SCMAdapter(tiny_model("vit", num_classes=6))
+    with pytest.raises(ValueError, match="augment=False"):
+        diagnose(adapter, [_batch(0, protocol_boxes=False)], (24, 24), 0.5)
+
+
+@pytest.mark.parametrize("protocol", ["wsol", "scm"])
+def test_evaluate_writes_the_scored_maps_for_wsolevaluation(protocol: str, tmp_path: Path) -> None:
+    adapter = SCMAdapter(tiny_model("vit", num_classes=6))
+    loader = [_batch(0)]
+    evaluate(adapter, loader, (24, 24), protocol, scoremaps=tmp_path / "scoremaps")
+    for batch in loader:
+        maps_gt = select_maps(semantic_and_attention(adapter, batch.images), batch.labels)
+        expected = write_score_maps(tmp_path / "expected", batch.paths, maps_gt, interpolation="bicubic")
+        for path, reference in zip(batch.paths, expected, strict=True):
+            stored = np.load(tmp_path / "scoremaps" / f"{path}.npy")
+            assert stored.shape == (224, 224) and stored.min() >= 0.0 and stored.max() <= 1.0
+            if protocol == "wsol":  # bicubic, as wsolevaluation; "scm" resizes bilinear, as it scores
+                np.testing.assert_array_equal(stored, np.load(reference))
 
 
 def test_centre_prior_peaks_in_the_middle_and_is_symmetric() -> None:
