@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import json
 import re
 import shutil
@@ -24,9 +25,13 @@ sys.path.insert(0, str(EXAMPLE))
 
 import config as cub_config  # noqa: E402
 import engine  # noqa: E402
+import rescore  # noqa: E402
 import train  # noqa: E402
 
-from scm_calib.data import ensure_generated_dataset  # noqa: E402
+from scm_calib.data import CUBDataset, ensure_generated_dataset  # noqa: E402
+from scm_calib.diagnostics import OUTCOMES  # noqa: E402
+from scm_calib.interop import read_wsolevaluation  # noqa: E402
+from scm_calib.metrics import BoxAccuracy  # noqa: E402
 
 TINY_MODEL = {"patch_size": 8, "embed_dim": 32, "depth": 1, "num_heads": 2}
 
@@ -71,7 +76,12 @@ def test_trains_a_step_evaluates_and_exports(tiny_run: tuple[Path, dict]) -> Non
     for name in ("config.json", "history.json", "metrics.json", "checkpoint.pt", "model_stripped.safetensors"):
         assert (run_dir / name).is_file(), name
     assert (run_dir / "curves.png").read_bytes().startswith(b"\x89PNG")
-    assert len(list((run_dir / "overlays").glob("*.png"))) == 2
+    assert sorted(path.name[:7] for path in (run_dir / "overlays").glob("*.png")) == [
+        "best_01",
+        "best_02",
+        "worst_0",
+        "worst_0",
+    ]
     metrics = json.loads((run_dir / "metrics.json").read_text())
     assert metrics == json.loads(json.dumps(summary))
     assert 0.0 <= metrics["test"]["MaxBoxAccV2"] <= 100.0
@@ -79,6 +89,63 @@ def test_trains_a_step_evaluates_and_exports(tiny_run: tuple[Path, dict]) -> Non
     assert len(metrics["history"]) == 1 and metrics["history"][0]["loss"] > 0
     state = torch.load(run_dir / "checkpoint.pt", weights_only=True)
     assert state["epoch"] == 1 and state["global_step"] == 3  # 12 images, batch 4
+
+
+def test_run_writes_the_per_image_table_the_outcomes_and_the_worst_and_best_overlays(
+    tiny_run: tuple[Path, dict], tiny_data: Path
+) -> None:
+    run_dir, summary = tiny_run
+    with (run_dir / "test_images.csv").open(encoding="utf-8") as file:
+        rows = list(csv.DictReader(file))
+    test_paths = [record.path for record in CUBDataset(tiny_data, "test").records]
+    assert [row["image_id"] for row in rows] == test_paths  # one row per test image, in order
+    assert list(rows[0]) == ["image_id", "label", "predicted", "iou", "tau", "x0", "y0", "x1", "y1", "outcome"]
+    outcomes = json.loads((run_dir / "metrics.json").read_text())["outcomes"]
+    assert sum(outcomes[name] for name in OUTCOMES) == pytest.approx(100.0)
+    assert outcomes["count"] == len(rows) and outcomes["tau"] == summary["test_at_val_tau"]["tau"]
+    assert {row["tau"] for row in rows} == {str(outcomes["tau"])}
+    for name in OUTCOMES:
+        assert outcomes[name] == pytest.approx(100 * sum(row["outcome"] == name for row in rows) / len(rows))
+    by_iou = sorted(rows, key=lambda row: float(row["iou"]))
+    for end, expected in (("worst", by_iou[:2]), ("best", by_iou[::-1][:2])):
+        drawn = sorted((run_dir / "overlays").glob(f"{end}_*.png"))
+        assert [path.name.split("_", 2)[2] for path in drawn] == [f"{Path(r['image_id']).stem}.png" for r in expected]
+
+
+def test_wsol_scoremaps_rescore_to_the_runs_own_numbers(
+    tiny_data: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """At 224 px (the reference's size) the folder scores the run's own MaxBoxAcc and MaxBoxAccV2."""
+    config = tiny_config(tiny_data, tmp_path, image_size=224, model_kwargs={**TINY_MODEL, "patch_size": 32}, overlays=0)
+    summary = train.run(config.updated({"wsol_scoremaps": True}, "test"))
+    root = tmp_path / "run" / "wsolevaluation"
+    printed = capsys.readouterr().out
+    assert f"--scoremap_root={root / 'scoremaps'}" in printed and "--multi_contour_eval=True" in printed
+    metric = BoxAccuracy("wsol")
+    for batch in read_wsolevaluation(root / "scoremaps", root / "metadata" / "CUB" / "test"):
+        metric.update(batch.maps, batch.gt_boxes)
+    result = metric.compute()
+    assert result["MaxBoxAccV2"] == pytest.approx(summary["test"]["MaxBoxAccV2"], abs=1e-9)
+    assert result["MaxBoxAcc"] == pytest.approx(summary["test"]["MaxBoxAcc"], abs=1e-9)
+    assert rescore.main([str(root)]) == 0
+    printed = capsys.readouterr().out
+    assert f"MaxBoxAccV2  {summary['test']['MaxBoxAccV2']:6.2f}" in printed
+    assert f"MaxBoxAcc    {summary['test']['MaxBoxAcc']:6.2f}" in printed
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["{tmp}"], "no metadata folder"),
+        (["{tmp}", "--step", "0"], "--step must be in (0, 1)"),
+    ],
+)
+def test_rescore_bad_folder_gives_one_line_error(
+    argv: list[str], message: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert rescore.main([arg.format(tmp=tmp_path) for arg in argv]) == 2
+    err = capsys.readouterr().err
+    assert message in err and len(err.strip().splitlines()) == 1
 
 
 def test_baseline_has_no_scm(tiny_data: Path, tmp_path: Path) -> None:

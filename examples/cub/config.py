@@ -135,7 +135,20 @@ class TrainConfig:
     name: str | None = field(
         default=None, metadata={"help": "run folder name (none: <preset>-<scm|baseline>-seed<seed>)"}
     )
-    overlays: int = field(default=8, metadata={"help": "test images drawn with their maps and boxes at the end"})
+    overlays: int = field(
+        default=4,
+        metadata={
+            "help": "k: the k worst and the k best test images by IoU are drawn with their maps and boxes at the end "
+            "(overlays/worst_*.png, best_*.png)"
+        },
+    )
+    wsol_scoremaps: bool = field(
+        default=False,
+        metadata={
+            "help": "also write the test split's score maps and metadata to <run>/wsolevaluation/ in the layout of "
+            "clovaai wsolevaluation's evaluation.py, and print its command (examples/cub/rescore.py reads them back)"
+        },
+    )
     stop_after: int | None = field(
         default=None, metadata={"help": "stop after this many epochs of this invocation, as if killed (then --resume)"}
     )

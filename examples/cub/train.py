@@ -1,8 +1,10 @@
 """Train a timm ViT with SCM (Bai et al., ECCV 2022) for weakly supervised localization, evaluate it, export it.
 
 With no argument it generates the default dataset, trains a small ViT from scratch on the CPU in minutes and
-writes ``runs/generated-scm-seed0/``: ``config.json``, ``history.json``, ``metrics.json``, ``curves.png``,
-``overlays/*.png``, ``checkpoint.pt`` (every epoch, atomically) and ``model_stripped.safetensors``.
+writes ``runs/generated-scm-seed0/``: ``config.json``, ``history.json``, ``metrics.json`` (with TS-CAM's breakdown
+of localization outcomes), ``test_images.csv`` (one row per test image), ``curves.png``, ``overlays/worst_*.png``
+and ``best_*.png``, ``checkpoint.pt`` (every epoch, atomically), ``model_stripped.safetensors`` and, with
+``--wsol-scoremaps``, ``wsolevaluation/`` (score maps and metadata for clovaai wsolevaluation).
 
     python examples/cub/train.py                       # SCM on the generated dataset
     python examples/cub/train.py --baseline            # the same without SCM (TS-CAM style)
@@ -11,6 +13,7 @@ writes ``runs/generated-scm-seed0/``: ``config.json``, ``history.json``, ``metri
     torchrun --nproc-per-node 4 examples/cub/train.py --data-root CUB_200_2011 --pretrained --batch-size 4
     torchrun --nproc-per-node 8 examples/cub/train.py --dataset ilsvrc --data-root ILSVRC2012 --batch-size 64
     python examples/cub/train.py --dataset wsol --data-root dataset/OpenImages --metadata-root metadata/OpenImages
+    python examples/cub/train.py --data-root CUB_200_2011 --pretrained --wsol-scoremaps   # + wsolevaluation folder
 """
 
 from __future__ import annotations
@@ -39,6 +42,7 @@ from engine import (
     shard,
     train_one_epoch,
 )
+from PIL import Image
 from timm.optim import create_optimizer_v2
 from timm.scheduler import create_scheduler_v2
 from timm.scheduler.scheduler import Scheduler
@@ -65,11 +69,14 @@ from scm_calib.data import (
     load_image,
     wsol_train_transform,
 )
-from scm_calib.evaluation import evaluate, summarize
+from scm_calib.diagnostics import OUTCOMES, ImageDiagnosis, worst_and_best, write_diagnoses
+from scm_calib.evaluation import diagnose, evaluate, summarize
+from scm_calib.interop import write_wsol_metadata, wsolevaluation_command
 from scm_calib.localize import select_maps, semantic_and_attention
 from scm_calib.pretrained import WEIGHTS_FILE
 
 CHECKPOINT = "checkpoint.pt"
+WSOL_FOLDER = "wsolevaluation"  # <run>/wsolevaluation/: score maps and metadata for clovaai wsolevaluation
 
 
 class SetupError(Exception):
@@ -376,7 +383,9 @@ def results_table(config: TrainConfig, summary: dict[str, Any], run_dir: Path) -
     for label, values in rows:
         cells = (f"{values[c]:>11.1f}" if c in values else f"{'-':>11}" for c in columns)
         lines.append(f"{label:<{width}}  " + "  ".join(cells))
-    lines.append(f"run folder: {run_dir} (metrics.json, overlays/, model_stripped.safetensors)")
+    if "outcomes" in summary:
+        lines.append(outcomes_table(summary["outcomes"]))
+    lines.append(f"run folder: {run_dir} (metrics.json, test_images.csv, overlays/, model_stripped.safetensors)")
     return "\n".join(lines)
 
 
@@ -453,27 +462,27 @@ def write_figures(
     models: dict[str, nn.Module],
     history: list[dict[str, float]],
     test_set: Any,
-    count: int,
+    picks: list[tuple[str, int]],
     tau: float,
 ) -> None:
-    """Training curves and, for ``count`` test images spread over the set, each model's top-1 map with its box at
-    ``tau`` next to the ground truth, at the image's own aspect (``overlays/<index>_<name>.png``).
+    """Training curves and, for each picked test image, each model's top-1 map with its box at ``tau`` next to the
+    ground truth, at the image's own aspect (``overlays/<name>.png``).
 
     Args:
         models: display name -> model (this run's, and its SCM or baseline twin when that run exists).
+        picks: ``(file name, dataset index)`` of the images to draw (:func:`overlay_picks`).
     """
     save_curves(history, run_dir / "curves.png")
-    if count <= 0:
+    if not picks:
         return
-    indices = torch.linspace(0, len(test_set) - 1, min(count, len(test_set))).round().long().tolist()
-    batch = collate_wsol([test_set[i] for i in indices])
+    batch = collate_wsol([test_set[index] for _, index in picks])
     names = test_set.class_names
     results = {}
     for title, model in models.items():
         with torch.no_grad():
             output = semantic_and_attention(model, batch.images)
         results[title] = (output.logits.argmax(dim=1), select_maps(output, "top1"))
-    for row, index in enumerate(indices):
+    for row, (name, index) in enumerate(picks):
         record = test_set.records[index]
         image = load_image(test_set.image_root / record.path)
         gt = torch.tensor(record.boxes, dtype=torch.float32).reshape(-1, 4)
@@ -491,7 +500,7 @@ def write_figures(
                     "boxes": found.boxes,
                 }
             )
-        save_overlay(panels, image, gt, run_dir / "overlays" / f"{index:05d}_{Path(record.path).stem}.png")
+        save_overlay(panels, image, gt, run_dir / "overlays" / f"{name}.png")
 
 
 def twin_model(config: TrainConfig, num_classes: int) -> tuple[str, nn.Module] | None:
@@ -539,6 +548,11 @@ def run(config: TrainConfig, resume: str | None = None) -> dict[str, Any]:
     if context.distributed:
         torch.distributed.barrier()  # every process has checked the run folder before rank 0 writes into it
     datasets = load_datasets(config, context)
+    if config.wsol_scoremaps and not scored(datasets["test"])["boxes"]:
+        raise SetupError(
+            "--wsol-scoremaps writes box metadata, but the test split has no boxes; leave it out for a mask-only "
+            "dataset (wsolevaluation scores OpenImages by PxAP, which metrics.json holds)."
+        )
     training = build_training(config, context, datasets["train"])
     if state is not None:
         resume_training(training, state, context)
@@ -699,14 +713,18 @@ def report(
     datasets: dict[str, torch.utils.data.Dataset],
     run_dir: Path,
 ) -> dict[str, Any]:
-    """Evaluates the trained model on the held-out and test splits; rank 0 writes ``metrics.json``, the curves and
-    overlays, and prints the results table.
+    """Evaluates the trained model on the held-out and test splits, then diagnoses every test image at the chosen
+    threshold (the held-out split's, else the test split's best); rank 0 writes ``metrics.json`` (with the
+    outcome breakdown under ``outcomes``), ``test_images.csv``, the curves, the overlays of the worst and best
+    test images and, with ``wsol_scoremaps``, the metadata beside the score maps in ``wsolevaluation/``, and
+    prints the results table.
 
     Returns:
         The summary written to ``metrics.json`` (see :func:`summarize`) with the training history.
     """
     size = (config.image_size, config.image_size)
-    val = None
+    val = found = None
+    wsol_root = run_dir / WSOL_FOLDER if config.wsol_scoremaps else None
     with reported_as_setup_error(f"evaluation stopped ({run_dir} holds the trained model; --resume evaluates it)"):
         if "val" in datasets:
             val_loader = eval_loader(datasets["val"], config, context)
@@ -721,22 +739,96 @@ def report(
             config.protocol,
             centre_prior=True,
             device=context.device,
+            scoremaps=None if wsol_root is None else wsol_root / "scoremaps",
             **scored(datasets["test"]),
         )
-    summary = summarize(val, test, config.protocol)
+        summary = summarize(val, test, config.protocol)
+        tau = summary.get("test_at_val_tau", {}).get("tau", test.get("best_tau"))
+        if tau is not None:  # a mask-only test split has no boxes to diagnose
+            found = diagnose(training.adapter, test_loader, size, tau, config.protocol, device=context.device)
+            summary["outcomes"] = {**found["outcomes"], "tau": tau}
     summary["history"] = training.history
     if context.is_main:
         (run_dir / "metrics.json").write_text(json.dumps(summary, indent=1), encoding="utf-8")
-        tau = summary.get("test_at_val_tau", {}).get("tau", test.get("best_tau"))
-        overlays = config.overlays if tau is not None else 0  # boxes are drawn at tau; a mask-only test has none
+        picks = []
+        if found is not None:
+            write_diagnoses(run_dir / "test_images.csv", found["images"])
+            picks = overlay_picks(found["images"], datasets["test"], config.overlays)
         models: dict[str, nn.Module] = {"baseline" if config.baseline else "SCM": training.adapter}
-        twin = twin_model(config, datasets["train"].num_classes) if overlays > 0 else None
+        twin = twin_model(config, datasets["train"].num_classes) if picks else None
         if twin is not None:
             models[twin[0]] = twin[1]
         models = dict(sorted(models.items(), key=lambda item: item[0] != "SCM"))  # SCM first
-        write_figures(run_dir, models, training.history, datasets["test"], overlays, tau or 0.0)
+        write_figures(run_dir, models, training.history, datasets["test"], picks, tau or 0.0)
         print(results_table(config, summary, run_dir))
+        if wsol_root is not None:  # every process wrote its score maps before diagnose's all_gather_object
+            print(write_wsol_folder(wsol_root, datasets["test"], config))
     return summary
+
+
+def outcomes_table(outcomes: dict[str, float]) -> str:
+    """TS-CAM's breakdown of the test images (``metrics.json``'s ``outcomes``), to print under the results table."""
+    head = (
+        f"localization outcomes of the top-1 class at tau {outcomes['tau']:.2f} "
+        f"({int(outcomes['count'])} test images, %; per image in test_images.csv)"
+    )
+    return "\n".join(
+        [
+            head,
+            "  ".join(f"{name:>14}" for name in OUTCOMES),
+            "  ".join(f"{outcomes[name]:>14.1f}" for name in OUTCOMES),
+        ]
+    )
+
+
+def overlay_picks(rows: list[ImageDiagnosis], test_set: Any, k: int) -> list[tuple[str, int]]:
+    """The overlay file names (``worst_01_<stem>``, ``best_01_<stem>``, ...) and dataset indices of the ``k`` test
+    images of lowest and the ``k`` of highest IoU in the per-image table."""
+    index = {record.path: position for position, record in enumerate(test_set.records)}
+    worst, best = worst_and_best(rows, k)
+    return [
+        (f"{end}_{rank:02d}_{Path(row.image_id).stem}", index[row.image_id])
+        for end, chosen in (("worst", worst), ("best", best))
+        for rank, row in enumerate(chosen, start=1)
+    ]
+
+
+def wsol_dataset_name(config: TrainConfig) -> str:
+    """The reference's ``--dataset_name`` of this run's data: ``ILSVRC`` for ILSVRC, else ``CUB`` (both are box
+    datasets it scores alike; the name picks the metadata folder)."""
+    ilsvrc = config.dataset == "ilsvrc" or (
+        config.dataset == "wsol" and Path(str(config.metadata_root)).name == "ILSVRC"
+    )
+    return "ILSVRC" if ilsvrc else "CUB"
+
+
+def write_wsol_folder(root: Path, test_set: Any, config: TrainConfig) -> str:
+    """Writes the test split's metadata beside the score maps :func:`evaluate` wrote under ``root/scoremaps``.
+
+    Returns:
+        The lines to print: the reference's commands for MaxBoxAcc and MaxBoxAccV2, and this library's.
+
+    Raises:
+        SetupError: a box of the test split is not in whole pixels (``localization.txt`` holds integers).
+    """
+    name = wsol_dataset_name(config)
+    sizes = {}
+    for record in test_set.records:
+        if record.size is None:
+            with Image.open(test_set.image_root / record.path) as image:
+                sizes[record.path] = image.size
+    try:
+        write_wsol_metadata(root / "metadata" / name / "test", test_set.records, sizes)
+    except ValueError as err:
+        raise SetupError(f"--wsol-scoremaps: {err}") from err
+    return "\n".join(
+        [
+            f"score maps and metadata for clovaai wsolevaluation: {root}; in its checkout (numpy<1.24):",
+            f"  {wsolevaluation_command(root, name, 'test')}    # MaxBoxAcc",
+            f"  {wsolevaluation_command(root, name, 'test', multi_contour=True)}    # MaxBoxAccV2",
+            f"or with this library: python examples/cub/rescore.py {root} --dataset-name {name} --split test",
+        ]
+    )
 
 
 @contextmanager
@@ -775,7 +867,18 @@ def check_run_dir(config: TrainConfig, resume: str | None) -> Path:
 
 # Settings that do not change what a resumed run computes: where it runs, how it reports, where it writes.
 RESUMABLE_CHANGES = frozenset(
-    {"overlays", "workers", "threads", "stop_after", "device", "compile", "output", "name", "protocol"}
+    {
+        "overlays",
+        "wsol_scoremaps",
+        "workers",
+        "threads",
+        "stop_after",
+        "device",
+        "compile",
+        "output",
+        "name",
+        "protocol",
+    }
 )
 
 
