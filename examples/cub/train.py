@@ -366,9 +366,10 @@ def eval_loader(
 
 
 def results_table(config: TrainConfig, summary: dict[str, Any], run_dir: Path) -> str:
-    """The closing table: this run's test metrics next to the centre prior's (same run) and, for the generated
-    data, the documented runs of docs/results.md (SCM and its baseline, mean of 3 seeds)."""
-    names = ("MaxBoxAccV2", "MaxBoxAcc", "GTKnownLoc", "Top1Loc", "Top1Cls", "PxAP")
+    """The closing table, its first columns those of the SCM paper's table: this run's test metrics next to the
+    centre prior's (same run) and, for the generated data, the documented runs of docs/results.md (SCM and its
+    baseline, mean of 3 seeds); below it, the outcome breakdown of the test images."""
+    names = ("Top1Loc", "Top5Loc", "GTKnownLoc", "Top1Cls", "Top5Cls", "MaxBoxAccV2", "MaxBoxAcc", "PxAP")
     columns = tuple(name for name in names if name in summary["test"])
     rows = [(f"this run ({'baseline' if config.baseline else 'SCM'}), best tau on test", summary["test"])]
     if "test_at_val_tau" in summary:
