@@ -107,7 +107,14 @@ def test_run_writes_the_per_image_table_the_outcomes_and_the_worst_and_best_over
     for name in OUTCOMES:
         assert outcomes[name] == pytest.approx(100 * sum(row["outcome"] == name for row in rows) / len(rows))
     table = train.results_table(tiny_config(tiny_data, run_dir.parent), summary, run_dir).splitlines()
-    assert table[1].split() == ["Top1Loc", "GTKnownLoc", "Top1Cls", "MaxBoxAccV2", "MaxBoxAcc"]  # paper's order
+    assert table[1].split() == [
+        "Top1Loc",
+        "GTKnownLoc",
+        "Top1Cls",
+        "Top5Cls",
+        "MaxBoxAccV2",
+        "MaxBoxAcc",
+    ]  # paper first
     assert table[-3].startswith("localization outcomes") and table[-2].split() == list(OUTCOMES)
     by_iou = sorted(rows, key=lambda row: float(row["iou"]))
     for end, expected in (("worst", by_iou[:2]), ("best", by_iou[::-1][:2])):
