@@ -115,7 +115,7 @@ def test_run_writes_the_per_image_table_the_outcomes_and_the_worst_and_best_over
         "MaxBoxAccV2",
         "MaxBoxAcc",
     ]  # paper first
-    assert table[-3].startswith("localization outcomes") and table[-2].split() == list(OUTCOMES)
+    assert table[-4].startswith("localization outcomes") and table[-3].split() == list(OUTCOMES)
     by_iou = sorted(rows, key=lambda row: float(row["iou"]))
     for end, expected in (("worst", by_iou[:2]), ("best", by_iou[::-1][:2])):
         drawn = sorted((run_dir / "overlays").glob(f"{end}_*.png"))
