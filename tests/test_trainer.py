@@ -143,6 +143,15 @@ def test_wsol_scoremaps_rescore_to_the_runs_own_numbers(
     assert f"MaxBoxAcc    {summary['test']['MaxBoxAcc']:6.2f}" in printed
 
 
+def test_wsol_scoremaps_on_a_test_split_without_boxes_is_refused_before_training(
+    tiny_data: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(train, "scored", lambda dataset: {"boxes": False, "pxap": True})  # a mask-only split
+    with pytest.raises(train.SetupError, match="test split has no boxes"):
+        train.run(tiny_config(tiny_data, tmp_path, wsol_scoremaps=True))
+    assert not (tmp_path / "run" / "checkpoint.pt").exists()
+
+
 @pytest.mark.parametrize(
     ("argv", "message"),
     [
