@@ -24,6 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ._renamed import renamed_keywords
 from .adapter import SCMAdapter, StrippedViT
 from .boxes.maps import INTERPOLATIONS, resize_maps, threshold_levels
 from .calibration import minmax
@@ -186,20 +187,22 @@ class Localizer(nn.Module):
         interpolation: ``"bilinear"`` (SCM, TS-CAM) or ``"bicubic"`` (wsolevaluation) resize of the map.
         iterations: label-propagation steps of :func:`component_labels`; None: ``2 * ceil(log2(max(H, W)))``
             for an input of H x W (16 at 224 px, where smooth maps and a one-pixel spiral need at most 12).
-        blocks: blocks whose attention is summed; None: the adapter's setting, or all blocks.
+        attention_blocks: encoder blocks whose attention is summed; None: the adapter's setting, or all blocks.
+            The keyword ``blocks`` (its name in 0.1) still works for one release and warns.
 
     Raises:
         TypeError: ``model`` is none of the above.
         ValueError: a bad ``threshold``, ``interpolation`` or ``iterations``.
     """
 
+    @renamed_keywords(blocks="attention_blocks")
     def __init__(
         self,
         model: nn.Module,
         threshold: float,
         interpolation: str = "bilinear",
         iterations: int | None = None,
-        blocks: list[int] | None = None,
+        attention_blocks: list[int] | None = None,
     ):
         super().__init__()
         if not 0.0 <= threshold <= 1.0:
@@ -210,7 +213,8 @@ class Localizer(nn.Module):
             raise ValueError(f"iterations must be >= 1 or None (chosen from the image size), got {iterations}.")
         self.eps = 1e-8
         if isinstance(model, SCMAdapter):
-            blocks = model.capture.block_indices if blocks is None else blocks
+            if attention_blocks is None:
+                attention_blocks = model.capture.block_indices
             self.eps = model.eps
             model = model.strip()
         else:
@@ -224,7 +228,7 @@ class Localizer(nn.Module):
                 f"Localizer needs an SCMAdapter, a StrippedViT or a timm ViT with a linear classifier, got "
                 f"{type(model).__name__} (head: {type(getattr(model, 'head', None)).__name__})."
             )
-        self.capture = AttentionCapture(check_supported(self.encoder), blocks)
+        self.capture = AttentionCapture(check_supported(self.encoder), attention_blocks)
         self.threshold = threshold
         self.interpolation = interpolation
         self.iterations = iterations

@@ -117,7 +117,7 @@ def test_largest_blob_boxes_equal_boxes_from_maps_on_generated_maps(size, grid, 
 
 
 def _adapter(head: str = "conv") -> SCMAdapter:
-    return SCMAdapter(tiny_model("vit"), head=head).eval()
+    return SCMAdapter(tiny_model("vit"), head_type=head).eval()
 
 
 @pytest.mark.parametrize("head", ["conv", "linear"])
@@ -155,6 +155,15 @@ def test_localizer_leaves_the_model_bare():
 def test_localizer_rejects_bad_arguments(kwargs, error, match):
     with pytest.raises(error, match=match):
         Localizer(_adapter(), **kwargs)
+
+
+@pytest.mark.parametrize("stripped", [False, True], ids=["adapter", "stripped"])
+def test_localizer_blocks_keyword_warns_and_means_attention_blocks(stripped):
+    model = _adapter().strip() if stripped else _adapter()
+    with pytest.warns(DeprecationWarning, match=r"Localizer\(blocks=\.\.\.\).*pass attention_blocks= instead"):
+        old = Localizer(model, threshold=0.5, blocks=[-1])
+    assert old.capture.block_indices == Localizer(model, threshold=0.5, attention_blocks=[-1]).capture.block_indices
+    assert old.capture.block_indices == [1]
 
 
 def test_localizer_rejects_a_model_without_maps():
