@@ -17,13 +17,9 @@ from typing import Any
 import numpy as np
 import torch
 
+from scm_calib.boxes import scale_boxes
 from scm_calib.data.records import Box, DatasetFormatError, ImageRecord, load_image
-from scm_calib.data.transforms import (
-    protocol_boxes,
-    require_torchvision,
-    wsol_eval_transform,
-    wsol_train_transform,
-)
+from scm_calib.data.transforms import require_torchvision, wsol_eval_transform, wsol_train_transform
 
 
 @dataclass
@@ -315,7 +311,7 @@ class WSOLDataset(torch.utils.data.Dataset):
             index=index,
             path=record.path,
             boxes_protocol=(
-                protocol_boxes(boxes, (width, height), (out_image.shape[-1], out_image.shape[-2]))
+                scale_boxes(boxes, (width, height), (out_image.shape[-1], out_image.shape[-2]))
                 if self.boxes_protocol
                 else None
             ),
