@@ -26,7 +26,7 @@ from torch import Tensor, nn
 
 from ._renamed import renamed_keywords
 from .adapter import SCMAdapter, StrippedViT
-from .boxes.maps import INTERPOLATIONS, resize_maps, threshold_levels
+from .boxes.maps import INTERPOLATIONS, normalize_maps, resize_maps, threshold_levels
 from .calibration import minmax
 from .capture import AttentionCapture, check_supported, class_attention, grid_size, patch_tokens
 from .heads import LinearHead
@@ -255,21 +255,12 @@ class Localizer(nn.Module):
         logits = semantic.mean(dim=(2, 3))
         classes = logits.argmax(dim=1)
         chosen = torch.gather(semantic, 1, classes[:, None, None, None].expand(-1, 1, *grid))[:, 0]
-        maps = _normalize(resize_maps(chosen * attention, size, self.interpolation))
+        maps = normalize_maps(resize_maps(chosen * attention, size, self.interpolation))
         quantized = torch.floor((maps * 255).clamp(0, 255))
         levels = self.levels[quantized.flatten(1).amax(dim=1).long()]
         iterations = self.iterations or 2 * math.ceil(math.log2(max(size)))
         boxes, converged = largest_blob_boxes(quantized, levels, iterations)
         return logits, classes, maps, boxes, converged
-
-
-def _normalize(maps: Tensor) -> Tensor:
-    """:func:`scm_calib.boxes.normalize_maps` without a data-dependent branch: a constant or NaN map is zeros."""
-    flat = maps.flatten(1)
-    low, high = flat.amin(dim=1), flat.amax(dim=1)
-    span = high - low
-    bad = ~(span > 0) | ~torch.isfinite(span)
-    return torch.where(bad[:, None, None], 0.0, (maps - low[:, None, None]) / span[:, None, None])
 
 
 def _dynamic_shapes(dynamic_batch: bool) -> tuple[dict[int, object], ...] | None:

@@ -13,7 +13,6 @@ from scm_calib.boxes import boxes_from_maps, normalize_maps, prepare_maps, thres
 from scm_calib.export import (
     Localization,
     Localizer,
-    _normalize,
     component_labels,
     export_localizer,
     export_onnx,
@@ -218,12 +217,23 @@ def test_onnx_program_equals_eager(tmp_path):
 
 
 @pytest.mark.parametrize("fill", [3.0, float("nan"), None], ids=["constant", "nan", "random"])
-def test_map_normalisation_equals_normalize_maps(fill):
+def test_normalize_maps_exports_and_keeps_its_values(fill):
     maps = torch.rand(2, 6, 7, generator=torch.Generator().manual_seed(0))
     if fill is not None:
         maps[1] = 3.0
         maps[1, 2, 2] = fill
-    assert torch.equal(_normalize(maps), normalize_maps(maps))
+    expected = (maps - maps.amin(dim=(1, 2), keepdim=True)) / (maps.amax(dim=(1, 2)) - maps.amin(dim=(1, 2)))[
+        :, None, None
+    ]
+    if fill is not None:
+        expected[1] = 0.0
+    program = torch.export.export(_Normalize(), (maps,), strict=False)
+    assert torch.equal(program.module()(maps), expected) and torch.equal(normalize_maps(maps), expected)
+
+
+class _Normalize(torch.nn.Module):
+    def forward(self, maps: torch.Tensor) -> torch.Tensor:
+        return normalize_maps(maps)
 
 
 @pytest.mark.parametrize("threshold, top", [(0.5, 127), (0.0, 0), (1.0, 255)])
