@@ -36,7 +36,6 @@ from __future__ import annotations
 
 import csv
 import json
-import warnings
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -304,18 +303,6 @@ class LocalizationOutcomes(Metric):
             raise RuntimeError("compute() before any update(); feed at least one batch.")
         shares = {name: float(n) / total * 100 for name, n in zip(OUTCOMES, counts.tolist(), strict=True)}
         return {**shares, "count": float(total)}
-
-    def sync(self) -> None:
-        """Deprecated no-op: :meth:`compute` sums the counts over the processes itself; drop the call.
-
-        Goes in the next release. It no longer changes the local counts.
-        """
-        warnings.warn(
-            "LocalizationOutcomes.sync() is deprecated and does nothing: compute() sums the counts over the "
-            "processes itself (call it on every process); drop the sync() call.",
-            DeprecationWarning,
-            stacklevel=2,
-        )
 
 
 def localization_outcomes(

@@ -206,8 +206,6 @@ def test_an_empty_batch_changes_nothing_and_compute_sums_a_single_process(tmp_pa
     before, local = metric.state_dict(), metric.compute()
     dist.init_process_group("gloo", init_method=f"file://{tmp_path}/store", rank=0, world_size=1)
     try:
-        with pytest.warns(DeprecationWarning, match=r"drop the sync\(\) call"):
-            metric.sync()
         summed = metric.compute()
     finally:
         dist.destroy_process_group()
