@@ -198,7 +198,7 @@ def run(args: argparse.Namespace) -> list[str]:
         variants = [("original-like: attention maps + dense operator", "probs", ReferenceSCM(), None)]
         variants += [(f"{b} operator", "auto", SCM(backend=b), TRAIN_TARGET) for b in backends]
         for label, capture, scm, target in variants:
-            adapter = SCMAdapter(model(), scm=scm.to(device), capture=capture)
+            adapter = SCMAdapter(model(), scm=scm.to(device), capture_mode=capture)
             row(
                 f"train step: adapter, {label}",
                 precision,
@@ -227,7 +227,7 @@ def run(args: argparse.Namespace) -> list[str]:
         bare_model = model().eval()
         bare = measure(lambda: bare_model(x), device, args.steps, args.warmup)
         row("inference: bare timm forward", "fp32", bare, bare)
-        stripped = SCMAdapter(model(), head="linear").strip().eval()
+        stripped = SCMAdapter(model(), head_type="linear").strip().eval()
         row("inference: stripped forward", "fp32", measure(lambda: stripped(x), device, args.steps, args.warmup), bare)
         row(
             "inference: localization maps (top-1)",

@@ -21,6 +21,7 @@ from typing import Any, NamedTuple
 import torch
 from torch import nn
 
+from ._renamed import renamed_keywords
 from .calibration import SCM
 from .capture import (
     AttentionCapture,
@@ -125,17 +126,21 @@ class SCMAdapter(nn.Module):
     Args:
         model: a timm ViT with a global class token (vit_*, deit_* incl. distilled, deit3_*, dinov2 with
             registers, eva02_*, beit_*), created with ``num_classes`` set to the number of classes.
-        head: ``"conv"`` (the paper's 3x3 conv; the model's classifier is dropped) or ``"linear"`` (the model's
-            own classifier applied per token; :meth:`strip` then returns a plain timm model that is pooled with
-            ``global_pool="avg"``).
+        head_type: ``"conv"`` (the paper's 3x3 conv; the model's classifier is dropped) or ``"linear"`` (the
+            model's own classifier applied per token; :meth:`strip` then returns a plain timm model that is pooled
+            with ``global_pool="avg"``). The module built is ``self.head``.
         scm: the calibration module; ``"default"`` builds :class:`~scm_calib.calibration.SCM` with the paper's
             constants, ``None`` trains without calibration (the TS-CAM baseline).
-        blocks: indices of the blocks whose class attention is summed; None (default) uses all, as the paper.
-        capture: ``"auto"``, ``"rows"`` or ``"probs"`` (see :mod:`scm_calib.capture`).
+        attention_blocks: indices of the encoder blocks whose class attention is summed; None (default) uses all,
+            as the paper (not the blocks of SCM, ``scm.blocks``).
+        capture_mode: ``"auto"``, ``"rows"`` or ``"probs"`` (see :mod:`scm_calib.capture`); the hooks that record
+            the attention are ``self.capture``.
+
+    The keywords ``head``, ``blocks`` and ``capture`` (the names of 0.1) still work for one release and warn.
         eps: the epsilon of the attention min-max normalisation.
 
     The adapter takes ``model`` over instead of copying it (a copy of a large model would double its memory):
-    it becomes ``adapter.encoder``, with its classifier reset (``head="conv"``), hooks registered and fused
+    it becomes ``adapter.encoder``, with its classifier reset (``head_type="conv"``), hooks registered and fused
     attention switched off where probabilities are read. Use the adapter, not ``model``, from then on; wrapping
     the same model a second time raises. A wrap that raises leaves ``model`` unchanged. :meth:`strip` returns
     an unwrapped copy.
@@ -145,13 +150,14 @@ class SCMAdapter(nn.Module):
         ValueError: a bad argument (the message says which and what to pass), or ``model`` already wrapped.
     """
 
+    @renamed_keywords(head="head_type", blocks="attention_blocks", capture="capture_mode")
     def __init__(
         self,
         model: nn.Module,
-        head: str = "conv",
+        head_type: str = "conv",
         scm: nn.Module | str | None = _DEFAULT,
-        blocks: list[int] | None = None,
-        capture: str = "auto",
+        attention_blocks: list[int] | None = None,
+        capture_mode: str = "auto",
         eps: float = 1e-8,
     ):
         super().__init__()
@@ -168,18 +174,18 @@ class SCMAdapter(nn.Module):
                 f"{type(model).__name__} has num_classes={num_classes}; SCM needs a class-score map per class. "
                 "Create the model with num_classes=<your number of classes>."
             )
-        if head == "linear":
+        if head_type == "linear":
             _check_linear_head(model)
-        elif head != "conv":
-            raise ValueError(f"head must be 'conv' or 'linear', got {head!r}.")
+        elif head_type != "conv":
+            raise ValueError(f"head_type must be 'conv' or 'linear', got {head_type!r}.")
         if isinstance(scm, str) and scm == _DEFAULT:
             scm = SCM()
         elif scm is not None and not isinstance(scm, nn.Module):
             raise ValueError(f"scm must be an nn.Module instance, None or 'default', got {scm!r}.")
         if not (math.isfinite(eps) and eps > 0):
             raise ValueError(f"eps must be a positive finite number, got {eps!r}.")
-        self.capture = AttentionCapture(attentions, blocks, capture)
-        if head == "conv":
+        self.capture = AttentionCapture(attentions, attention_blocks, capture_mode)
+        if head_type == "conv":
             model.reset_classifier(0)
             self.head: nn.Module = ConvHead(model.embed_dim, num_classes)
         else:
@@ -187,7 +193,7 @@ class SCMAdapter(nn.Module):
         setattr(model, _OWNED, True)
         self.encoder = model
         self.scm = scm
-        self.head_type = head
+        self.head_type = head_type
         self.num_classes = num_classes
         self.embed_dim = model.embed_dim
         self.num_prefix_tokens = model.num_prefix_tokens
@@ -278,9 +284,9 @@ class SCMAdapter(nn.Module):
         """Returns a copy of the bare encoder for inference: no SCM parameter, no hook, fused attention back.
 
         Returns:
-            With ``head="linear"``: the timm model itself, pooled with ``global_pool="avg"``; its state_dict loads
+            With ``head_type="linear"``: the timm model itself, pooled with ``global_pool="avg"``; its state_dict loads
             strictly into ``timm.create_model(name, num_classes=C, global_pool="avg", fc_norm=False)`` and gives
-            the same logits. With ``head="conv"``: a :class:`StrippedViT` (timm encoder + 3x3 conv head).
+            the same logits. With ``head_type="conv"``: a :class:`StrippedViT` (timm encoder + 3x3 conv head).
         """
         encoder, head, capture = copy.deepcopy((self.encoder, self.head, self.capture))
         capture.remove()
@@ -352,12 +358,12 @@ def _encoder_no_weight_decay(encoder: nn.Module) -> set[str]:
 def _check_linear_head(model: nn.Module) -> None:
     name = type(model).__name__
     if getattr(model, "head_dist", None) is not None:
-        raise ValueError(f"{name} is distilled (two classifiers, no average pooling); use head='conv'.")
+        raise ValueError(f"{name} is distilled (two classifiers, no average pooling); use head_type='conv'.")
     if not isinstance(getattr(model, "head", None), nn.Linear) or not hasattr(model, "global_pool"):
-        raise ValueError(f"{name} has no linear classifier with a `global_pool` setting; use head='conv'.")
+        raise ValueError(f"{name} has no linear classifier with a `global_pool` setting; use head_type='conv'.")
     fc_norm = getattr(model, "fc_norm", None)
     if fc_norm is not None and not isinstance(fc_norm, nn.Identity):
         raise ValueError(
             f"{name} normalises after pooling (fc_norm), so per-token scores do not average to its logits. Create it "
-            "with fc_norm=False (timm vit_*: global_pool='avg', fc_norm=False), or use head='conv'."
+            "with fc_norm=False (timm vit_*: global_pool='avg', fc_norm=False), or use head_type='conv'."
         )

@@ -27,6 +27,7 @@ from einops import rearrange
 from timm.layers import Attention
 from torch import nn
 
+from ._renamed import renamed_keywords
 from .calibration import minmax
 
 __all__ = [
@@ -159,23 +160,33 @@ class AttentionCapture:
 
     Args:
         attentions: the attention module of every block (from :func:`check_supported`).
-        blocks: indices of the blocks to read (negative allowed); None reads all blocks.
-        mode: ``"auto"`` (rows where possible), ``"rows"`` or ``"probs"``.
+        attention_blocks: indices of the blocks to read (negative allowed); None reads all blocks.
+        capture_mode: ``"auto"`` (rows where possible), ``"rows"`` or ``"probs"``.
+
+    The keywords ``blocks`` and ``mode`` (the names of 0.1) still work for one release and warn.
     """
 
-    def __init__(self, attentions: Sequence[nn.Module], blocks: Sequence[int] | None = None, mode: str = "auto"):
-        if mode not in ("auto", "rows", "probs"):
-            raise ValueError(f"attention capture mode must be 'auto', 'rows' or 'probs', got {mode!r}.")
+    @renamed_keywords(blocks="attention_blocks", mode="capture_mode")
+    def __init__(
+        self,
+        attentions: Sequence[nn.Module],
+        attention_blocks: Sequence[int] | None = None,
+        capture_mode: str = "auto",
+    ):
+        if capture_mode not in ("auto", "rows", "probs"):
+            raise ValueError(f"capture_mode must be 'auto', 'rows' or 'probs', got {capture_mode!r}.")
         depth = len(attentions)
-        indices = list(range(depth)) if blocks is None else list(blocks)
+        indices = list(range(depth)) if attention_blocks is None else list(attention_blocks)
         if not indices or any(not -depth <= i < depth for i in indices):
-            raise ValueError(f"blocks must be indices into the model's {depth} blocks, got {blocks!r}.")
+            raise ValueError(
+                f"attention_blocks must be indices into the model's {depth} blocks, got {attention_blocks!r}."
+            )
         self.block_indices = sorted({i % depth for i in indices})
         for i in self.block_indices:
-            if mode == "rows" and type(attentions[i]) is not Attention:
+            if capture_mode == "rows" and type(attentions[i]) is not Attention:
                 raise ValueError(
                     f"block {i} uses {type(attentions[i]).__name__}, which the 'rows' capture does not support; "
-                    "use mode='auto' or 'probs'."
+                    "use capture_mode='auto' or 'probs'."
                 )
         self.modes: list[str] = []
         self._handles: list[tuple[nn.Module, int, str]] = []
@@ -185,7 +196,7 @@ class AttentionCapture:
         self._active = False
         for i in self.block_indices:
             attn = attentions[i]
-            use_rows = mode != "probs" and type(attn) is Attention
+            use_rows = capture_mode != "probs" and type(attn) is Attention
             self.modes.append("rows" if use_rows else "probs")
             if use_rows:
                 self._hook(attn.q_norm, attn.q_norm.register_forward_hook(self._on_query), "fwd")

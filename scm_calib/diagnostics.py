@@ -42,10 +42,10 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.distributed as dist
 from torch import Tensor
 
 from scm_calib.boxes import boxes_from_maps, pad_boxes
+from scm_calib.metrics.streaming import Metric
 
 __all__ = [
     "OUTCOMES",
@@ -252,10 +252,12 @@ def diagnose_images(
     ]
 
 
-class LocalizationOutcomes:
+class LocalizationOutcomes(Metric):
     """TS-CAM's breakdown of localization outcomes, streamed: the share of images in each of :data:`OUTCOMES`.
 
-    The state (one count per outcome) sums across processes like the metrics of :mod:`scm_calib.metrics`.
+    A :class:`~scm_calib.metrics.Metric`: its state (``counts``, one per outcome) sums over batches and, inside
+    :meth:`compute`, over the processes of an initialised ``torch.distributed`` group, like the metrics of
+    :mod:`scm_calib.metrics`.
 
     Args:
         tau: The threshold the boxes are read at (TS-CAM: 0.1 on CUB, 0.12 on ILSVRC; else a held-out ``best_tau``).
@@ -273,11 +275,12 @@ class LocalizationOutcomes:
     ) -> None:
         if not 0.0 <= tau < 1.0:
             raise ValueError(f"tau must be in [0, 1), got {tau}; pass the threshold chosen on held-out data.")
+        super().__init__()
         self.tau = tau
         self.size = size
         self.interpolation = interpolation
         self.thresholds = thresholds
-        self.counts = torch.zeros(len(OUTCOMES), dtype=torch.int64)
+        self.add_state("counts", torch.zeros(len(OUTCOMES), dtype=torch.int64))
 
     def update(self, maps: Tensor | np.ndarray, logits: Tensor, labels: Tensor, gt_boxes: Sequence[Tensor]) -> None:
         """Add a batch.
@@ -290,38 +293,16 @@ class LocalizationOutcomes:
         """
         predicted, boxes = _top1(maps, logits, self.tau, self.size, self.interpolation)
         outcome, _ = _outcomes(boxes, predicted, torch.as_tensor(labels), gt_boxes, self.thresholds)
-        self.counts = self.counts.to(outcome.device) + torch.bincount(outcome, minlength=len(OUTCOMES))
+        self._add({"counts": torch.bincount(outcome, minlength=len(OUTCOMES))}, outcome.device)
 
-    def compute(self) -> dict[str, float]:
+    def _compute(self, states: dict[str, Tensor]) -> dict[str, float]:
         """The share of each outcome, in percent (they sum to 100), and ``count``, the number of images."""
-        total = int(self.counts.sum())
+        counts = states["counts"]
+        total = int(counts.sum())
         if total == 0:
             raise RuntimeError("compute() before any update(); feed at least one batch.")
-        shares = {name: float(n) / total * 100 for name, n in zip(OUTCOMES, self.counts.tolist(), strict=True)}
+        shares = {name: float(n) / total * 100 for name, n in zip(OUTCOMES, counts.tolist(), strict=True)}
         return {**shares, "count": float(total)}
-
-    def reset(self) -> None:
-        """Zero the counts."""
-        self.counts.zero_()
-
-    def sync(self) -> None:
-        """Sum the counts over all processes when ``torch.distributed`` is initialised (else no-op)."""
-        if dist.is_available() and dist.is_initialized():
-            dist.all_reduce(self.counts, op=dist.ReduceOp.SUM)
-
-    def state_dict(self) -> dict[str, Tensor]:
-        """The counts, e.g. to save or to add up across processes by hand."""
-        return {"counts": self.counts.clone()}
-
-    def load_state_dict(self, state: dict[str, Tensor]) -> None:
-        """Replace the counts with ``state["counts"]`` (from :meth:`state_dict`, or a sum of them)."""
-        counts = torch.as_tensor(state["counts"]).detach()
-        if counts.shape != self.counts.shape or counts.dtype.is_floating_point or bool((counts < 0).any()):
-            raise ValueError(
-                f"counts must be {len(OUTCOMES)} whole numbers >= 0 (one per outcome), got {counts.tolist()}; "
-                "pass state_dict() of this metric or sums of them."
-            )
-        self.counts = counts.to(self.counts.device, torch.int64).clone()
 
 
 def localization_outcomes(

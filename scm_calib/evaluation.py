@@ -185,7 +185,6 @@ def diagnose(
         )
         rows += zip(batch.indices.tolist(), found, strict=True)
     if dist.is_available() and dist.is_initialized():
-        outcomes.sync()
         shards: list[Any] = [None] * dist.get_world_size()
         dist.all_gather_object(shards, rows)
         rows = [row for shard in shards for row in shard]

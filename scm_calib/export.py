@@ -24,8 +24,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ._renamed import renamed_keywords
 from .adapter import SCMAdapter, StrippedViT
-from .boxes.maps import INTERPOLATIONS, resize_maps, threshold_levels
+from .boxes.maps import INTERPOLATIONS, normalize_maps, resize_maps, threshold_levels
 from .calibration import minmax
 from .capture import AttentionCapture, check_supported, class_attention, grid_size, patch_tokens
 from .heads import LinearHead
@@ -186,20 +187,22 @@ class Localizer(nn.Module):
         interpolation: ``"bilinear"`` (SCM, TS-CAM) or ``"bicubic"`` (wsolevaluation) resize of the map.
         iterations: label-propagation steps of :func:`component_labels`; None: ``2 * ceil(log2(max(H, W)))``
             for an input of H x W (16 at 224 px, where smooth maps and a one-pixel spiral need at most 12).
-        blocks: blocks whose attention is summed; None: the adapter's setting, or all blocks.
+        attention_blocks: encoder blocks whose attention is summed; None: the adapter's setting, or all blocks.
+            The keyword ``blocks`` (its name in 0.1) still works for one release and warns.
 
     Raises:
         TypeError: ``model`` is none of the above.
         ValueError: a bad ``threshold``, ``interpolation`` or ``iterations``.
     """
 
+    @renamed_keywords(blocks="attention_blocks")
     def __init__(
         self,
         model: nn.Module,
         threshold: float,
         interpolation: str = "bilinear",
         iterations: int | None = None,
-        blocks: list[int] | None = None,
+        attention_blocks: list[int] | None = None,
     ):
         super().__init__()
         if not 0.0 <= threshold <= 1.0:
@@ -210,7 +213,8 @@ class Localizer(nn.Module):
             raise ValueError(f"iterations must be >= 1 or None (chosen from the image size), got {iterations}.")
         self.eps = 1e-8
         if isinstance(model, SCMAdapter):
-            blocks = model.capture.block_indices if blocks is None else blocks
+            if attention_blocks is None:
+                attention_blocks = model.capture.block_indices
             self.eps = model.eps
             model = model.strip()
         else:
@@ -224,7 +228,7 @@ class Localizer(nn.Module):
                 f"Localizer needs an SCMAdapter, a StrippedViT or a timm ViT with a linear classifier, got "
                 f"{type(model).__name__} (head: {type(getattr(model, 'head', None)).__name__})."
             )
-        self.capture = AttentionCapture(check_supported(self.encoder), blocks)
+        self.capture = AttentionCapture(check_supported(self.encoder), attention_blocks)
         self.threshold = threshold
         self.interpolation = interpolation
         self.iterations = iterations
@@ -251,21 +255,12 @@ class Localizer(nn.Module):
         logits = semantic.mean(dim=(2, 3))
         classes = logits.argmax(dim=1)
         chosen = torch.gather(semantic, 1, classes[:, None, None, None].expand(-1, 1, *grid))[:, 0]
-        maps = _normalize(resize_maps(chosen * attention, size, self.interpolation))
+        maps = normalize_maps(resize_maps(chosen * attention, size, self.interpolation))
         quantized = torch.floor((maps * 255).clamp(0, 255))
         levels = self.levels[quantized.flatten(1).amax(dim=1).long()]
         iterations = self.iterations or 2 * math.ceil(math.log2(max(size)))
         boxes, converged = largest_blob_boxes(quantized, levels, iterations)
         return logits, classes, maps, boxes, converged
-
-
-def _normalize(maps: Tensor) -> Tensor:
-    """:func:`scm_calib.boxes.normalize_maps` without a data-dependent branch: a constant or NaN map is zeros."""
-    flat = maps.flatten(1)
-    low, high = flat.amin(dim=1), flat.amax(dim=1)
-    span = high - low
-    bad = ~(span > 0) | ~torch.isfinite(span)
-    return torch.where(bad[:, None, None], 0.0, (maps - low[:, None, None]) / span[:, None, None])
 
 
 def _dynamic_shapes(dynamic_batch: bool) -> tuple[dict[int, object], ...] | None:

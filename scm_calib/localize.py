@@ -18,6 +18,7 @@ import torch
 from timm.utils import unwrap_model
 from torch import nn
 
+from ._renamed import renamed_keywords
 from .adapter import SCMAdapter, SCMOutput, StrippedViT
 from .boxes.maps import resize_maps
 from .capture import AttentionCapture, check_supported, class_attention, grid_size, normalize_attention, patch_tokens
@@ -26,14 +27,18 @@ from .heads import LinearHead
 __all__ = ["localization_maps", "select_maps", "semantic_and_attention"]
 
 
-def semantic_and_attention(model: nn.Module, images: torch.Tensor, blocks: list[int] | None = None) -> SCMOutput:
+@renamed_keywords(blocks="attention_blocks")
+def semantic_and_attention(
+    model: nn.Module, images: torch.Tensor, attention_blocks: list[int] | None = None
+) -> SCMOutput:
     """Runs ``model`` on ``images`` in eval mode and returns its class-score maps, attention and logits.
 
     Args:
         model: an SCMAdapter, a StrippedViT, or a plain timm ViT whose classifier is an ``nn.Linear``;
             DistributedDataParallel and ``torch.compile`` wrappers are looked through.
         images: (B, 3, H, W).
-        blocks: blocks whose attention is summed (None: all); ignored for an SCMAdapter (its own setting).
+        attention_blocks: encoder blocks whose attention is summed (None: all); ignored for an SCMAdapter (its own
+            setting). The keyword ``blocks`` (its name in 0.1) still works for one release and warns.
 
     Returns:
         The eval-mode :class:`~scm_calib.adapter.SCMOutput` (no calibrated fields): ``logits`` the average of
@@ -57,7 +62,7 @@ def semantic_and_attention(model: nn.Module, images: torch.Tensor, blocks: list[
             f"localization needs an SCMAdapter, a StrippedViT or a timm ViT with a linear classifier, got "
             f"{type(model).__name__} (head: {type(getattr(model, 'head', None)).__name__})."
         )
-    capture = AttentionCapture(check_supported(encoder), blocks)
+    capture = AttentionCapture(check_supported(encoder), attention_blocks)
     try:
         with capture.recording() as rows:
             tokens = encoder.forward_features(images)
@@ -109,13 +114,14 @@ def select_maps(output: SCMOutput, classes: str | int | torch.Tensor = "top1") -
 
 
 @torch.no_grad()
+@renamed_keywords(blocks="attention_blocks")
 def localization_maps(
     model: nn.Module,
     images: torch.Tensor,
     classes: str | int | torch.Tensor = "top1",
     size: tuple[int, int] | str | None = None,
     interpolation: str = "bilinear",
-    blocks: list[int] | None = None,
+    attention_blocks: list[int] | None = None,
 ) -> torch.Tensor:
     """Localization maps ``A * S_c`` of a model for chosen classes (:func:`select_maps` of its output).
 
@@ -126,13 +132,14 @@ def localization_maps(
             a (B,) tensor of class indices (e.g. the ground truth), or ``"all"``.
         size: None keeps the patch grid (h, w); ``"input"`` resizes to (H, W); or an explicit (H, W).
         interpolation: ``"bilinear"`` or ``"bicubic"`` for the resize.
-        blocks: blocks whose attention is summed (None: all).
+        attention_blocks: encoder blocks whose attention is summed (None: all). The keyword ``blocks`` (its name
+            in 0.1) still works for one release and warns.
 
     Returns:
         (B, h, w) for ``"top1"`` or a class tensor; (B, k, h, w) for top-k; (B, C, h, w) for ``"all"``
         (spatial size ``size`` when given).
     """
-    maps = select_maps(semantic_and_attention(model, images, blocks), classes)
+    maps = select_maps(semantic_and_attention(model, images, attention_blocks), classes)
     if size is None:
         return maps
     target = (images.shape[-2], images.shape[-1]) if size == "input" else tuple(size)

@@ -14,7 +14,7 @@ from timm.optim import create_optimizer_v2
 
 from scm_calib.adapter import SCMAdapter, SCMOutput, StrippedViT
 from scm_calib.calibration import SCM
-from scm_calib.capture import UnsupportedModelError
+from scm_calib.capture import AttentionCapture, UnsupportedModelError, check_supported
 
 
 def _hooks_left(module: torch.nn.Module) -> int:
@@ -69,7 +69,7 @@ def test_attention_gradient_reaches_every_captured_block(family):
 def test_rows_capture_equals_attention_probabilities():
     model = tiny_model("vit")
     twin = copy.deepcopy(model)
-    rows, probs = SCMAdapter(model, capture="rows"), SCMAdapter(twin, capture="probs")
+    rows, probs = SCMAdapter(model, capture_mode="rows"), SCMAdapter(twin, capture_mode="probs")
     probs.load_state_dict(rows.state_dict())
     assert rows.capture.modes == ["rows", "rows"] and probs.capture.modes == ["probs", "probs"]
     assert rows.encoder.blocks[0].attn.fused_attn == timm.layers.use_fused_attn()
@@ -88,7 +88,7 @@ def test_linear_head_strip_loads_into_plain_timm_model():
     model = timm.create_model(
         "vit_tiny_patch16_224", num_classes=7, img_size=64, **{"depth": 2, "embed_dim": 32, "num_heads": 2}
     )
-    adapter = SCMAdapter(model, head="linear")
+    adapter = SCMAdapter(model, head_type="linear")
     x = torch.randn(3, 3, 64, 64)
     F.cross_entropy(adapter(x).logits, torch.tensor([0, 1, 2])).backward()
     adapter.eval()
@@ -112,11 +112,11 @@ def test_linear_head_strip_loads_into_plain_timm_model():
 
 def test_linear_head_rejects_models_that_pool_differently():
     with pytest.raises(ValueError, match="distilled"):
-        SCMAdapter(tiny_model("deit_distilled"), head="linear")
+        SCMAdapter(tiny_model("deit_distilled"), head_type="linear")
     with pytest.raises(ValueError, match="fc_norm"):
-        SCMAdapter(tiny_model("vit", global_pool="avg"), head="linear")
+        SCMAdapter(tiny_model("vit", global_pool="avg"), head_type="linear")
     with pytest.raises(ValueError, match="'conv' or 'linear'"):
-        SCMAdapter(tiny_model("vit"), head="mlp")
+        SCMAdapter(tiny_model("vit"), head_type="mlp")
 
 
 def test_non_square_and_non_224_inputs_use_the_models_grid():
@@ -231,12 +231,12 @@ def test_torch_compile_traces_the_hooks():
 
 
 def test_baseline_without_scm_and_block_selection():
-    adapter = SCMAdapter(tiny_model("vit", depth=3), scm=None, blocks=[-1])
+    adapter = SCMAdapter(tiny_model("vit", depth=3), scm=None, attention_blocks=[-1])
     out = adapter(tiny_input("vit"))
     assert out.calibrated is None and torch.allclose(out.logits, out.semantic.mean(dim=(2, 3)))
     assert adapter.capture.block_indices == [2]
     with pytest.raises(ValueError, match="blocks"):
-        SCMAdapter(tiny_model("vit"), blocks=[5])
+        SCMAdapter(tiny_model("vit"), attention_blocks=[5])
 
 
 def test_stripped_conv_model_is_plain():
@@ -251,9 +251,9 @@ def test_stripped_conv_model_is_plain():
 @pytest.mark.parametrize("head", ["conv", "linear"])
 def test_second_wrap_says_already_wrapped(head):
     model = tiny_model("vit")
-    SCMAdapter(model, head=head)
+    SCMAdapter(model, head_type=head)
     with pytest.raises(ValueError, match="already wrapped by an SCMAdapter"):
-        SCMAdapter(model, head=head)
+        SCMAdapter(model, head_type=head)
 
 
 @pytest.mark.parametrize(
@@ -261,10 +261,10 @@ def test_second_wrap_says_already_wrapped(head):
     [
         ("vit", dict(scm="bad")),
         ("vit", dict(scm=SCM)),
-        ("vit", dict(blocks=[5])),
+        ("vit", dict(attention_blocks=[5])),
         ("vit", dict(eps=0.0)),
-        ("vit", dict(head="mlp")),
-        ("beit", dict(capture="rows")),
+        ("vit", dict(head_type="mlp")),
+        ("beit", dict(capture_mode="rows")),
     ],
 )
 def test_failed_wrap_leaves_the_model_unchanged(family, kwargs):
@@ -278,8 +278,8 @@ def test_failed_wrap_leaves_the_model_unchanged(family, kwargs):
 
 
 def test_stripped_linear_model_can_be_wrapped_again():
-    stripped = SCMAdapter(tiny_model("vit"), head="linear").strip()
-    again = SCMAdapter(stripped, head="linear")
+    stripped = SCMAdapter(tiny_model("vit"), head_type="linear").strip()
+    again = SCMAdapter(stripped, head_type="linear")
     assert again(tiny_input("vit")).logits.shape == (2, 5)
 
 
@@ -344,7 +344,7 @@ def test_calibration_disabled_runs_without_scm_inside_the_block(disabled):
 
 
 def _adapter_or_stripped(kind: str, family: str = "vit", head: str = "conv", **kwargs: object) -> torch.nn.Module:
-    adapter = SCMAdapter(tiny_model(family, **kwargs), head=head).eval()
+    adapter = SCMAdapter(tiny_model(family, **kwargs), head_type=head).eval()
     return adapter if kind == "adapter" else adapter.strip().eval()
 
 
@@ -367,7 +367,7 @@ def test_forward_head_of_forward_features_gives_the_logits(kind, family, head):
 
 def test_pre_logits_are_timms_average_pooled_features():
     """With the linear head the adapter's pooled features are those of the timm model that strip() returns."""
-    adapter = SCMAdapter(tiny_model("vit"), head="linear").eval()
+    adapter = SCMAdapter(tiny_model("vit"), head_type="linear").eval()
     plain = adapter.strip().eval()
     x = tiny_input("vit")
     with torch.no_grad():
@@ -410,3 +410,35 @@ def test_layer_decay_reaches_every_encoder_block(kind):
     if kind == "adapter":
         assert scale[id(named["scm.blocks.0.lambda_"])] == 1.0
         assert all(decay[id(named[name])] == 0.0 for name in named if name.startswith("scm."))
+
+
+@pytest.mark.parametrize(
+    "old, new",
+    [
+        (dict(head="linear"), dict(head_type="linear")),
+        (dict(blocks=[-1]), dict(attention_blocks=[-1])),
+        (dict(capture="probs"), dict(capture_mode="probs")),
+    ],
+)
+def test_old_keywords_warn_and_still_work(old, new):
+    (name,) = new
+    with pytest.warns(DeprecationWarning, match=rf"SCMAdapter\({next(iter(old))}=\.\.\.\).*pass {name}= instead"):
+        adapter = SCMAdapter(tiny_model("vit"), **old)
+    expected = SCMAdapter(tiny_model("vit"), **new)
+    assert (adapter.head_type, adapter.capture.block_indices, adapter.capture.modes) == (
+        expected.head_type,
+        expected.capture.block_indices,
+        expected.capture.modes,
+    )
+    with pytest.raises(TypeError, match=f"pass only {name}="):
+        SCMAdapter(tiny_model("vit"), **old, **new)
+
+
+@pytest.mark.parametrize("old, new", [("blocks", "attention_blocks"), ("mode", "capture_mode")])
+def test_attention_capture_old_keywords_warn(old, new):
+    attentions = check_supported(tiny_model("vit"))
+    value = [0] if new == "attention_blocks" else "probs"
+    with pytest.warns(DeprecationWarning, match=f"pass {new}= instead"):
+        capture = AttentionCapture(attentions, **{old: value})
+    expected = AttentionCapture(attentions, **{new: value})
+    assert (capture.block_indices, capture.modes) == (expected.block_indices, expected.modes)

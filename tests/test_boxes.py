@@ -299,9 +299,6 @@ def test_scale_boxes_follows_wsolevaluation_resize_bbox(x: float, width: int, ex
     assert int(x * 224.0 / width) == expected
     boxes = torch.tensor([[x, x, x, x]], dtype=torch.float64)
     assert B.scale_boxes(boxes, (width, width)).tolist() == [[expected] * 4]
-    from scm_calib.data import protocol_boxes
-
-    assert protocol_boxes(boxes, (width, width), (224, 224)).tolist() == [[expected] * 4]
 
 
 def test_sweep_options_equal_the_same_keywords_and_keywords_override_them() -> None:

@@ -16,9 +16,9 @@ from scm_calib.checkpoint import atomic_write
 
 
 def test_adapter_and_stripped_round_trip(tmp_path):
-    adapter = SCMAdapter(tiny_model("vit"), head="linear").eval()
+    adapter = SCMAdapter(tiny_model("vit"), head_type="linear").eval()
     path = save_weights(adapter, tmp_path / "adapter.safetensors")
-    fresh = SCMAdapter(tiny_model("vit"), head="linear").eval()
+    fresh = SCMAdapter(tiny_model("vit"), head_type="linear").eval()
     meta = load_weights(fresh, path)
     assert meta["module"] == "SCMAdapter" and meta["num_classes"] == "5"
     x = tiny_input("vit")
@@ -26,7 +26,7 @@ def test_adapter_and_stripped_round_trip(tmp_path):
         assert torch.allclose(fresh(x).logits, adapter(x).logits)
     stripped = adapter.strip()
     save_weights(stripped, tmp_path / "stripped.safetensors")
-    other = SCMAdapter(tiny_model("vit"), head="linear").strip()
+    other = SCMAdapter(tiny_model("vit"), head_type="linear").strip()
     load_weights(other, tmp_path / "stripped.safetensors")
     with torch.no_grad():
         assert torch.allclose(other.eval()(x), stripped.eval()(x))

@@ -13,6 +13,7 @@ import torch
 from PIL import Image
 from torchvision.transforms import v2
 
+from scm_calib.boxes import scale_boxes
 from scm_calib.data import (
     CUBDataset,
     DatasetFormatError,
@@ -88,7 +89,7 @@ def test_eval_sample_boxes_follow_resize_and_give_protocol_boxes(cub_root: Path)
 
 def test_protocol_boxes_truncate_the_scaled_coordinates() -> None:
     boxes = torch.tensor([[60.0, 27.0, 385.0, 331.0], [0.0, 0.0, 499.0, 374.0]])
-    got = protocol_boxes(boxes, (500, 375), (224, 224))
+    got = scale_boxes(boxes, (500, 375), (224, 224))
     expected = [[int(60 * 224 / 500), int(27 * 224 / 375), int(385 * 224 / 500), int(331 * 224 / 375)]]
     expected.append([0, 0, int(499 * 224 / 500), int(374 * 224 / 375)])
     assert got.tolist() == expected
@@ -97,7 +98,9 @@ def test_protocol_boxes_truncate_the_scaled_coordinates() -> None:
     )
     assert (resized - got).abs().max() < 1.0
     with pytest.raises(ValueError, match=r"\(K, 4\)"):
-        protocol_boxes(torch.zeros(4), (500, 375), (224, 224))
+        scale_boxes(torch.zeros(4), (500, 375), (224, 224))
+    with pytest.warns(DeprecationWarning, match=r"call scm_calib\.boxes\.scale_boxes"):
+        assert torch.equal(protocol_boxes(boxes, (500, 375), (224, 224)), got)
 
 
 def test_boxes_follow_a_known_resize_crop_and_flip(cub_root: Path) -> None:

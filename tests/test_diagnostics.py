@@ -10,7 +10,7 @@ import torch
 import torch.distributed as dist
 
 from scm_calib import diagnostics as D
-from scm_calib.metrics import LocalizationAccuracy, get_protocol
+from scm_calib.metrics import LocalizationAccuracy, Metric, get_protocol
 
 GT = torch.tensor([[10, 10, 49, 49]])  # 40 x 40
 TWO = torch.tensor([[10, 10, 29, 29], [40, 10, 59, 29]])  # two 20 x 20 objects side by side
@@ -182,7 +182,7 @@ def test_worst_and_best() -> None:
             lambda m, lo, la, g: D.LocalizationOutcomes(0.5).load_state_dict(
                 {"counts": -torch.ones(6, dtype=torch.int64)}
             ),
-            "whole numbers >= 0",
+            r"not a count \(whole, >= 0\)",
         ),
     ],
     ids=["tau", "classes", "labels", "ids", "suffix", "state"],
@@ -198,15 +198,20 @@ def test_numpy_maps_are_taken() -> None:
     assert D.localization_outcomes(np.asarray(maps), logits, labels, gt, tau=0.5)["right"] == 25.0
 
 
-def test_an_empty_batch_changes_nothing_and_sync_keeps_a_single_process(tmp_path) -> None:
+def test_an_empty_batch_changes_nothing_and_compute_sums_a_single_process(tmp_path) -> None:
     maps, logits, labels, gt = _maps_batch()
     metric = D.LocalizationOutcomes(tau=0.5)
     metric.update(maps, logits, labels, gt)
     metric.update(maps[:0], logits[:0], labels[:0], [])
-    before = metric.state_dict()
+    before, local = metric.state_dict(), metric.compute()
     dist.init_process_group("gloo", init_method=f"file://{tmp_path}/store", rank=0, world_size=1)
     try:
-        metric.sync()
+        summed = metric.compute()
     finally:
         dist.destroy_process_group()
+    assert summed == local
     assert torch.equal(metric.state_dict()["counts"], before["counts"]) and int(before["counts"].sum()) == 4
+
+
+def test_outcomes_share_the_metrics_base() -> None:
+    assert isinstance(D.LocalizationOutcomes(tau=0.5), Metric)

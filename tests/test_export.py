@@ -13,7 +13,6 @@ from scm_calib.boxes import boxes_from_maps, normalize_maps, prepare_maps, thres
 from scm_calib.export import (
     Localization,
     Localizer,
-    _normalize,
     component_labels,
     export_localizer,
     export_onnx,
@@ -117,7 +116,7 @@ def test_largest_blob_boxes_equal_boxes_from_maps_on_generated_maps(size, grid, 
 
 
 def _adapter(head: str = "conv") -> SCMAdapter:
-    return SCMAdapter(tiny_model("vit"), head=head).eval()
+    return SCMAdapter(tiny_model("vit"), head_type=head).eval()
 
 
 @pytest.mark.parametrize("head", ["conv", "linear"])
@@ -155,6 +154,15 @@ def test_localizer_leaves_the_model_bare():
 def test_localizer_rejects_bad_arguments(kwargs, error, match):
     with pytest.raises(error, match=match):
         Localizer(_adapter(), **kwargs)
+
+
+@pytest.mark.parametrize("stripped", [False, True], ids=["adapter", "stripped"])
+def test_localizer_blocks_keyword_warns_and_means_attention_blocks(stripped):
+    model = _adapter().strip() if stripped else _adapter()
+    with pytest.warns(DeprecationWarning, match=r"Localizer\(blocks=\.\.\.\).*pass attention_blocks= instead"):
+        old = Localizer(model, threshold=0.5, blocks=[-1])
+    assert old.capture.block_indices == Localizer(model, threshold=0.5, attention_blocks=[-1]).capture.block_indices
+    assert old.capture.block_indices == [1]
 
 
 def test_localizer_rejects_a_model_without_maps():
@@ -209,12 +217,23 @@ def test_onnx_program_equals_eager(tmp_path):
 
 
 @pytest.mark.parametrize("fill", [3.0, float("nan"), None], ids=["constant", "nan", "random"])
-def test_map_normalisation_equals_normalize_maps(fill):
+def test_normalize_maps_exports_and_keeps_its_values(fill):
     maps = torch.rand(2, 6, 7, generator=torch.Generator().manual_seed(0))
     if fill is not None:
         maps[1] = 3.0
         maps[1, 2, 2] = fill
-    assert torch.equal(_normalize(maps), normalize_maps(maps))
+    expected = (maps - maps.amin(dim=(1, 2), keepdim=True)) / (maps.amax(dim=(1, 2)) - maps.amin(dim=(1, 2)))[
+        :, None, None
+    ]
+    if fill is not None:
+        expected[1] = 0.0
+    program = torch.export.export(_Normalize(), (maps,), strict=False)
+    assert torch.equal(program.module()(maps), expected) and torch.equal(normalize_maps(maps), expected)
+
+
+class _Normalize(torch.nn.Module):
+    def forward(self, maps: torch.Tensor) -> torch.Tensor:
+        return normalize_maps(maps)
 
 
 @pytest.mark.parametrize("threshold, top", [(0.5, 127), (0.0, 0), (1.0, 255)])

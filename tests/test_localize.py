@@ -47,7 +47,7 @@ def test_resizing_to_the_input(trained_pair):
 
 
 def test_linear_stripped_model_and_no_hooks_left():
-    adapter = SCMAdapter(tiny_model("vit", num_classes=4), head="linear").eval()
+    adapter = SCMAdapter(tiny_model("vit", num_classes=4), head_type="linear").eval()
     stripped = adapter.strip().eval()
     x = tiny_input("vit")
     with torch.no_grad():
@@ -121,3 +121,17 @@ def test_select_maps_picks_from_the_maps_of_every_class(trained_pair, classes):
 
 def test_maps_and_logits_is_gone():
     assert not hasattr(scm_calib.localize, "MapsAndLogits") and scm_calib.select_maps is select_maps
+
+
+@pytest.mark.parametrize(
+    "function, read",
+    [(localization_maps, lambda maps: maps), (semantic_and_attention, lambda output: output.attention)],
+    ids=["localization_maps", "semantic_and_attention"],
+)
+def test_blocks_keyword_warns_and_means_attention_blocks(trained_pair, function, read):
+    _, stripped, x = trained_pair
+    with pytest.warns(DeprecationWarning, match=rf"{function.__name__}\(blocks=\.\.\.\).*pass attention_blocks="):
+        old = read(function(stripped, x, blocks=[0]))
+    new = read(function(stripped, x, attention_blocks=[0]))
+    assert torch.equal(old, new)
+    assert not torch.equal(new, read(function(stripped, x)))

@@ -282,9 +282,8 @@ def write_overlay(pixels: torch.Tensor, found: list[Found], classes: list[str], 
     for item in found:
         heatmap = F.interpolate(item.score_map[None, None], size=size, mode="bilinear", align_corners=False)[0, 0]
         side = item.score_map.shape[-1]
-        fit = torch.tensor([size[1] / side, size[0] / side] * 2, dtype=torch.float64)
         title = f"{classes[item.label]} ({item.score:.2f})"
-        panels.append({"title": title, "map": heatmap, "boxes": (item.boxes.to(torch.float64) * fit).round()})
+        panels.append({"title": title, "map": heatmap, "boxes": scale_boxes(item.boxes, (side, side), size[::-1])})
     save_overlay(panels, image, torch.zeros(0, 4), path)
 
 

@@ -294,7 +294,7 @@ def build_model(config: TrainConfig, num_classes: int) -> SCMAdapter:
     except (RuntimeError, OSError) as err:
         raise SetupError(f"cannot load the weights of {config.model!r}: {' '.join(str(err).split())}") from err
     try:
-        return SCMAdapter(encoder, head=config.head, scm=None if config.baseline else "default")
+        return SCMAdapter(encoder, head_type=config.head, scm=None if config.baseline else "default")
     except UnsupportedModelError as err:
         raise SetupError(f"--model {config.model!r} cannot be used with SCM: {err}") from err
 

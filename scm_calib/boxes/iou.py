@@ -143,7 +143,8 @@ def scale_boxes(boxes: Tensor, original_size: tuple[int, int], size: tuple[int, 
     Each coordinate is multiplied by the new size and divided by the original size of its axis, in float64
     and in that order, then truncated: wsolevaluation's ``resize_bbox`` bit for bit (``x * (new / old)``
     differs by one pixel on some inputs, e.g. x = 55 of 110 px at 224: 112 here, 111 there).
-    :func:`scm_calib.data.protocol_boxes` is this function.
+    The one ground-truth rescale of the library: the datasets' ``boxes_protocol``,
+    :func:`scm_calib.interop.read_wsolevaluation` and the inference example's boxes all call it.
 
     Args:
         boxes: (K, 4) boxes ``[x0, y0, x1, y1]`` in pixels of the original image.

@@ -93,15 +93,13 @@ def normalize_maps(maps: Tensor) -> Tensor:
 
 
 def _normalize_(maps: Tensor) -> Tensor:
-    """:func:`normalize_maps` in place on float32 maps."""
+    """:func:`normalize_maps` in place on float32 maps, without data-dependent control flow (``torch.export``)."""
     flat = maps.flatten(1)
     low, high = flat.amin(dim=1), flat.amax(dim=1)  # NaN propagates to both
     span = high - low
     bad = ~(span > 0) | ~torch.isfinite(span)
     maps.sub_(low[:, None, None]).div_(span[:, None, None])
-    if bool(bad.any()):
-        maps[bad] = 0.0
-    return maps
+    return maps.masked_fill_(bad[:, None, None], 0.0)
 
 
 def quantize_maps(maps: Tensor) -> Tensor:

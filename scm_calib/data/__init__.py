@@ -5,18 +5,11 @@ original size, optional protocol boxes and mask); :func:`collate_wsol` batches t
 (the ``examples`` extra) are imported when a dataset or transform is built.
 """
 
-from scm_calib.data.base import (
-    DatasetFormatError,
-    ImageRecord,
-    WSOLBatch,
-    WSOLDataset,
-    WSOLSample,
-    collate_wsol,
-    load_image,
-)
+from scm_calib.data.base import WSOLBatch, WSOLDataset, WSOLSample, collate_wsol
 from scm_calib.data.cub import CUBDataset, read_cub_classes, read_cub_records
 from scm_calib.data.generated import ensure_generated_dataset, render_object_image
 from scm_calib.data.ilsvrc import ILSVRCListDataset, read_ilsvrc_list
+from scm_calib.data.records import DatasetFormatError, ImageRecord, load_image
 from scm_calib.data.transforms import (
     IMAGENET_MEAN,
     IMAGENET_STD,

@@ -13,10 +13,10 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Literal
 
-from scm_calib.data.base import (
+from scm_calib.data.base import WSOLDataset
+from scm_calib.data.records import (
     DatasetFormatError,
     ImageRecord,
-    WSOLDataset,
     parse_float,
     parse_image_path,
     parse_int,

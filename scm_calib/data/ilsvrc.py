@@ -10,10 +10,10 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from scm_calib.data.base import (
+from scm_calib.data.base import WSOLDataset
+from scm_calib.data.records import (
     DatasetFormatError,
     ImageRecord,
-    WSOLDataset,
     parse_box,
     parse_image_path,
     parse_int,

@@ -9,11 +9,12 @@ optional dependency of ``scm_calib`` (the ``examples`` extra): it is imported wh
 - eval: ``Resize((224, 224))`` -> float -> ``Normalize``.
 
 The evaluation protocol scales ground-truth boxes to the input size and truncates them to integers
-(:func:`protocol_boxes`), whereas the v2 ``Resize`` keeps float coordinates.
+(:func:`scm_calib.boxes.scale_boxes`), whereas the v2 ``Resize`` keeps float coordinates.
 """
 
 from __future__ import annotations
 
+import warnings
 from types import ModuleType
 from typing import TYPE_CHECKING
 
@@ -109,11 +110,7 @@ def wsol_eval_transform(image_size: int = 224) -> v2.Compose:
 
 
 def protocol_boxes(boxes: torch.Tensor, image_size: tuple[int, int], resized_size: tuple[int, int]) -> torch.Tensor:
-    """Ground-truth boxes in the evaluation protocol's convention at the network's input size.
-
-    :func:`scm_calib.boxes.scale_boxes`: each coordinate times the new size, divided by the original size
-    (x by the widths, y by the heights, in float64, in the order of wsolevaluation's ``resize_bbox``),
-    truncated to an int. The v2 ``Resize`` gives the same values before truncation, up to float32 rounding.
+    """Deprecated second name of :func:`scm_calib.boxes.scale_boxes` (warns; goes in the next release).
 
     Args:
         boxes: (K, 4) boxes (x0, y0, x1, y1) in pixels of the original image.
@@ -123,4 +120,10 @@ def protocol_boxes(boxes: torch.Tensor, image_size: tuple[int, int], resized_siz
     Returns:
         (K, 4) int64 boxes.
     """
+    warnings.warn(
+        "scm_calib.data.protocol_boxes is deprecated and goes in the next release; call "
+        "scm_calib.boxes.scale_boxes(boxes, image_size, resized_size), the one ground-truth rescale.",
+        DeprecationWarning,
+        stacklevel=2,
+    )
     return scale_boxes(boxes, image_size, resized_size)
