@@ -18,7 +18,8 @@ Example:
     >>> summary = summarize(val, test, "wsol")  # summary["test_at_val_tau"]: test at the val split's tau
     >>> sorted(summary)
     ['centre_prior', 'protocol', 'test', 'test_at_val_tau', 'val']
-    >>> found = diagnose(adapter, loader, image_size=(32, 32), tau=summary["test_at_val_tau"]["tau"])
+    >>> held_out = summary["test_at_val_tau"]                 # the threshold chosen on the held-out split
+    >>> found = diagnose(adapter, loader, image_size=(32, 32), tau=held_out["tau"])
     >>> len(found["images"]), sorted(found["outcomes"])[:2]    # one row per image; percent per outcome
     (2, ['count', 'multi_instance'])
 """
