@@ -50,18 +50,21 @@ def _load_planes(centre_ptr, east_ptr, south_ptr, base, offs, col, row, width, n
 
 
 @triton.jit
+def _image_nodes(batch, height, width, BLOCK: tl.constexpr):
+    """This program's image: its offset in the (B, h, w) planes, the stride between stacked planes, and its nodes
+    (indices, which are on the grid, column, row)."""
+    num_nodes = height * width
+    base = tl.program_id(0) * num_nodes
+    offs = tl.arange(0, BLOCK)
+    return num_nodes, base, batch * num_nodes, offs, offs < num_nodes, offs % width, offs // width
+
+
+@triton.jit
 def _chain_forward_kernel(
     attn_ptr, centre_ptr, east_ptr, south_ptr, powers_ptr, scratch_ptr, out_ptr,
     batch, height, width, num_terms, alpha, BLOCK: tl.constexpr,
 ):  # fmt: skip
-    image = tl.program_id(0)
-    num_nodes = height * width
-    base = image * num_nodes
-    stride = batch * num_nodes
-    offs = tl.arange(0, BLOCK)
-    inside = offs < num_nodes
-    col = offs % width
-    row = offs // width
+    num_nodes, base, stride, offs, inside, col, row = _image_nodes(batch, height, width, BLOCK)
     centre, east, west, south, north = _load_planes(
         centre_ptr, east_ptr, south_ptr, base, offs, col, row, width, num_nodes
     )
@@ -91,14 +94,7 @@ def _chain_backward_kernel(
     grad_attn_ptr, grad_centre_ptr, grad_east_ptr, grad_south_ptr,
     batch, height, width, num_terms, alpha, BLOCK: tl.constexpr,
 ):  # fmt: skip
-    image = tl.program_id(0)
-    num_nodes = height * width
-    base = image * num_nodes
-    stride = batch * num_nodes
-    offs = tl.arange(0, BLOCK)
-    inside = offs < num_nodes
-    col = offs % width
-    row = offs // width
+    num_nodes, base, stride, offs, inside, col, row = _image_nodes(batch, height, width, BLOCK)
     has_east = inside & (col < width - 1)
     has_south = inside & (row < height - 1)
     centre, east, west, south, north = _load_planes(
