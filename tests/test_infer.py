@@ -198,3 +198,29 @@ def test_bad_option_gives_one_line_error(
     assert infer.main([str(weights), str(images), *option]) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: ") and message in err and err.count("\n") == 1
+
+
+class _ClosedAfter:
+    """A stdout whose reader leaves after ``lines`` lines, as `| head -n lines` does."""
+
+    def __init__(self, lines: int) -> None:
+        self.left = lines
+
+    def write(self, text: str) -> int:
+        if self.left == 0:
+            raise BrokenPipeError(32, "Broken pipe")
+        self.left -= text.count("\n")
+        return len(text)
+
+    def flush(self) -> None:
+        if self.left <= 0:
+            raise BrokenPipeError(32, "Broken pipe")
+
+
+def test_jsonl_to_a_closed_stdout_stops_quietly_and_keeps_what_was_done(
+    weights: Path, images: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setattr(sys, "stdout", _ClosedAfter(2))
+    result = run(weights, images, tmp_path, "--jsonl", "-", "--batch-size", "2")
+    assert len(result["predictions"]) + len(result["skipped"]) == 2  # the first batch, then the reader was gone
+    assert "stdout was closed after 2 images; stopped." in capsys.readouterr().err

@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import sys
 from dataclasses import fields
 from pathlib import Path
@@ -398,6 +399,10 @@ def main(argv: list[str] | None = None) -> int:
             if stream is not None:
                 stream.flush()
             progress.update(len(batch.items))
+    except BrokenPipeError:  # the reader of --jsonl - left (e.g. `| head`): stop, keep what was done
+        sys.stdout = open(os.devnull, "w")  # noqa: SIM115 - nothing may be flushed to the closed pipe at exit
+        stream = None
+        progress.write(f"stdout was closed after {len(records) + len(skipped)} images; stopped.", file=sys.stderr)
     finally:
         progress.close()
         if stream is not None and stream is not sys.stdout:
