@@ -286,6 +286,19 @@ def _type_name(hint: Any) -> str:
     return {str: "a string", int: "an integer", float: "a number", bool: "true or false"}.get(hint, str(hint))
 
 
+# What the official SCM and TS-CAM recipes below share (their sources are cited with each preset): DeiT-S, Resize
+# 256 -> crop 224, AdamW with weight decay 0.05, drop-path 0.1, the step schedule with factor 0.1, no warm-up.
+_OFFICIAL = TrainConfig(
+    model="deit_small_patch16_224",
+    image_size=224,
+    resize_size=256,
+    weight_decay=0.05,
+    drop_path=0.1,
+    lr_schedule="step",
+    decay_rate=0.1,
+    warmup_epochs=0,
+)
+
 PRESETS: dict[str, TrainConfig] = {
     # Fine-tunes the shipped encoder (a 6-block, 96-wide ViT with 8 px patches pretrained on generated shapes,
     # scm_calib.pretrained) on 96 px inputs (a 12 x 12 grid), SCM on from the first step, as the paper does with
@@ -317,82 +330,32 @@ PRESETS: dict[str, TrainConfig] = {
     #   tools_cam/train_cam.py:88-89 + lib/core/engine.py:66-81 the step rule. So lr 5e-5 for epochs 1-29 and 5e-6
     #   for epoch 30. The official encoder is ImageNet-pretrained (tools_cam/train_cam.py:38): pass --pretrained
     #   (timm's hub) or --checkpoint FILE (offline) with every official preset; none downloads by itself.
-    "cub": TrainConfig(
-        preset="cub",
-        model="deit_small_patch16_224",
-        image_size=224,
-        resize_size=256,
-        epochs=30,
-        batch_size=16,
-        lr=5e-5,
-        weight_decay=0.05,
-        drop_path=0.1,
-        lr_schedule="step",
-        lr_steps=(30,),
-        decay_rate=0.1,
-        warmup_epochs=0,
-        workers=4,
-    ),
+    "cub": replace(_OFFICIAL, preset="cub", epochs=30, batch_size=16, lr=5e-5, lr_steps=(30,), workers=4),
     # SCM's ILSVRC recipe: configs/ILSVRC/deit_scm_small_patch16_224.yaml:24 BATCH_SIZE 512, :32 LR_STEPS
     # [10, 12], :33 NUM_EPOCHS 20, :6 NUM_WORKERS 6; README.md:93 `--lr 1e-6`; the rest as "cub". The step rule
     # multiplies by 0.1 at epochs 10, 12 and 20 (20 % 10 == 0): 1e-6, 1e-7 from epoch 10, 1e-8 from 12, 1e-9 at 20.
-    "ilsvrc": TrainConfig(
-        preset="ilsvrc",
-        dataset="ilsvrc",
-        model="deit_small_patch16_224",
-        image_size=224,
-        resize_size=256,
-        epochs=20,
-        batch_size=512,
-        lr=1e-6,
-        weight_decay=0.05,
-        drop_path=0.1,
-        lr_schedule="step",
-        lr_steps=(10, 12),
-        decay_rate=0.1,
-        warmup_epochs=0,
-        workers=6,
+    "ilsvrc": replace(
+        _OFFICIAL, preset="ilsvrc", dataset="ilsvrc", epochs=20, batch_size=512, lr=1e-6, lr_steps=(10, 12), workers=6
     ),
     # TS-CAM's CUB recipe (Gao et al., ICCV 2021; github.com/vasgaowei/TS-CAM), the baseline without SCM:
     #   configs/CUB/deit_tscam_small_patch16_224.yaml:21 BATCH_SIZE 128, :29 LR_STEPS [30], :30 NUM_EPOCHS 60,
     #   :31 LR_FACTOR 0.1; train_val_cub.sh:7 `--lr 5e-5`; lib/config/default.py:160 drop-path 0.1, :170 AdamW,
     #   :180 weight decay 0.05; tools_cam/train_cam.py:76-77 + lib/core/engine.py:58-73 the same step rule:
     #   x0.1 at epochs 30 and 60.
-    "tscam-cub": TrainConfig(
-        preset="tscam-cub",
-        model="deit_small_patch16_224",
-        baseline=True,
-        image_size=224,
-        resize_size=256,
-        epochs=60,
-        batch_size=128,
-        lr=5e-5,
-        weight_decay=0.05,
-        drop_path=0.1,
-        lr_schedule="step",
-        lr_steps=(30,),
-        decay_rate=0.1,
-        warmup_epochs=0,
-        workers=4,
+    "tscam-cub": replace(
+        _OFFICIAL, preset="tscam-cub", baseline=True, epochs=60, batch_size=128, lr=5e-5, lr_steps=(30,), workers=4
     ),
     # TS-CAM's ILSVRC recipe: configs/ILSVRC/deit_tscam_small_patch16_224.yaml:5 NUM_WORKERS 8, :22 BATCH_SIZE
     # 256, :30 LR_STEPS [10, 12], :31 NUM_EPOCHS 20; train_val_ilsvrc.sh:7 `--lr 5e-4`; the rest as "tscam-cub".
-    "tscam-ilsvrc": TrainConfig(
+    "tscam-ilsvrc": replace(
+        _OFFICIAL,
         preset="tscam-ilsvrc",
         dataset="ilsvrc",
-        model="deit_small_patch16_224",
         baseline=True,
-        image_size=224,
-        resize_size=256,
         epochs=20,
         batch_size=256,
         lr=5e-4,
-        weight_decay=0.05,
-        drop_path=0.1,
-        lr_schedule="step",
         lr_steps=(10, 12),
-        decay_rate=0.1,
-        warmup_epochs=0,
         workers=8,
     ),
 }
