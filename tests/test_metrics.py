@@ -500,3 +500,17 @@ def test_function_equals_the_streaming_class_fed_in_two_batches(kind: str) -> No
     assert result.keys() == expected.keys()
     for name, value in expected.items():
         assert torch.equal(torch.as_tensor(result[name]), torch.as_tensor(value)), name
+
+
+def test_top5_loc_survives_a_saved_state_and_a_process_without_images() -> None:
+    """Whether Top-5 Loc is reported is part of the state: it is saved, loaded and summed like the counts."""
+    cams, logits, labels, gts = _cam_like(6, 7, 24, seed=3)
+    fed = M.LocalizationAccuracy(size=(24, 24))
+    fed.update(logits, labels, gts, maps=cams)
+    assert "Top5Loc" in fed.compute()
+    loaded = M.LocalizationAccuracy(size=(24, 24))
+    loaded.load_state_dict(fed.state_dict())
+    assert loaded.compute()["Top5Loc"] == fed.compute()["Top5Loc"]
+    idle = M.LocalizationAccuracy(size=(24, 24))  # a process whose shard was empty, then its states summed in
+    idle.load_state_dict({name: value + 0 for name, value in fed.state_dict().items()})
+    assert idle.compute()["Top5Loc"] == fed.compute()["Top5Loc"]

@@ -215,7 +215,8 @@ class LocalizationAccuracy(_ProtocolMetric):
             per_threshold = name in ("top1_loc", "top5_loc", "gt_known")
             state = torch.zeros(num if per_threshold else (), dtype=torch.int64)
             self.add_state(name, state, counts_images=name != "count")
-        self._k = 0
+        # Images scored with top-5 maps: Top-5 Loc is reported when there are any, on every process alike.
+        self.add_state("top5_maps", torch.zeros((), dtype=torch.int64), counts_images=True)
 
     def update(
         self,
@@ -250,11 +251,12 @@ class LocalizationAccuracy(_ProtocolMetric):
             self.size,
             self.chunk_size,
         )
+        counts["top5_maps"] = counts["count"] if k >= 5 else torch.zeros_like(counts["count"])
         self._add(counts, counts["count"].device)
-        self._k = max(self._k, k)
 
     def _compute(self, states: dict[str, Tensor]) -> dict[str, float | Tensor]:
-        return _localization_compute(states, self._k, self.thresholds, self.protocol)
+        k = 5 if int(states["top5_maps"]) > 0 else 1
+        return _localization_compute(states, k, self.thresholds, self.protocol)
 
 
 class PixelAveragePrecision(Metric):
