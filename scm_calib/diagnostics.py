@@ -295,6 +295,15 @@ class LocalizationOutcomes(Metric):
         outcome, _ = _outcomes(boxes, predicted, torch.as_tensor(labels), gt_boxes, self.thresholds)
         self._add({"counts": torch.bincount(outcome, minlength=len(OUTCOMES))}, outcome.device)
 
+    def update_from(self, rows: Sequence[ImageDiagnosis]) -> None:
+        """Add the outcomes of rows :func:`diagnose_images` already gave (no second box sweep).
+
+        Args:
+            rows: Per-image rows read with this metric's ``tau``, size, interpolation and thresholds.
+        """
+        codes = torch.tensor([OUTCOMES.index(row.outcome) for row in rows], dtype=torch.int64)
+        self._add({"counts": torch.bincount(codes, minlength=len(OUTCOMES))}, self.counts.device)
+
     def _compute(self, states: dict[str, Tensor]) -> dict[str, float]:
         """The share of each outcome, in percent (they sum to 100), and ``count``, the number of images."""
         counts = states["counts"]

@@ -171,10 +171,8 @@ def diagnose(
             raise ValueError("diagnostics need boxes_protocol in the batches; build the dataset with augment=False.")
         batch = batch.to(device)
         output = _forward(model, batch, device)
-        maps = select_maps(output, "top1")
-        outcomes.update(maps, output.logits, batch.labels, batch.boxes_protocol)
         found = diagnose_images(
-            maps,
+            select_maps(output, "top1"),
             output.logits,
             batch.labels,
             batch.boxes_protocol,
@@ -184,6 +182,7 @@ def diagnose(
             interpolation=preset.interpolation,
             thresholds=rule,
         )
+        outcomes.update_from(found)
         rows += zip(batch.indices.tolist(), found, strict=True)
     if dist.is_available() and dist.is_initialized():
         shards: list[Any] = [None] * dist.get_world_size()

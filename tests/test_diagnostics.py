@@ -215,3 +215,10 @@ def test_an_empty_batch_changes_nothing_and_compute_sums_a_single_process(tmp_pa
 
 def test_outcomes_share_the_metrics_base() -> None:
     assert isinstance(D.LocalizationOutcomes(tau=0.5), Metric)
+
+
+def test_counting_diagnosed_rows_equals_updating_with_the_maps() -> None:
+    maps, logits, labels, gt = _maps_batch()
+    from_rows = D.LocalizationOutcomes(tau=0.5)
+    from_rows.update_from(D.diagnose_images(maps, logits, labels, gt, ["a", "b", "c", "d"], tau=0.5))
+    assert from_rows.compute() == D.localization_outcomes(maps, logits, labels, gt, tau=0.5)
