@@ -48,10 +48,12 @@ from scm_calib.boxes import boxes_from_maps, pad_boxes
 from scm_calib.metrics.streaming import Metric
 
 __all__ = [
+    "AFFINITY_PAIRS",
     "OUTCOMES",
     "ImageDiagnosis",
     "LocalizationOutcomes",
     "OutcomeThresholds",
+    "SemanticAffinity",
     "classify_outcomes",
     "diagnose_images",
     "localization_outcomes",
@@ -378,3 +380,74 @@ def worst_and_best(rows: Sequence[ImageDiagnosis], k: int = 8) -> tuple[list[Ima
     ranked = sorted(rows, key=lambda row: row.iou)
     best = sorted(rows, key=lambda row: -row.iou)
     return ranked[:k], best[:k]
+
+
+AFFINITY_PAIRS = ("inside", "background", "boundary")
+"""The kinds of neighbouring patch pairs :class:`SemanticAffinity` averages over."""
+
+
+class SemanticAffinity(Metric):
+    """Does SCM's semantic similarity see object boundaries? Its mean over each kind of neighbouring patch pair.
+
+    SCM diffuses the attention along the 4-neighbour grid, weighted by the cosine similarity of the patches'
+    C-dimensional class-score vectors (``Sim`` of ``docs/method.md``). The diffusion can only follow the object
+    when that similarity is higher between two object patches than across the object's edge. This metric averages
+    it over the grid's neighbouring pairs of three kinds, with a patch inside the object when the object mask
+    covers more than half of it: ``inside`` (both patches inside), ``background`` (neither) and ``boundary`` (one
+    of each). ``boundary`` close to ``inside`` means the diffusion crosses edges as easily as it spreads inside.
+
+    A :class:`~scm_calib.metrics.Metric`: its sums add over batches and processes.
+
+    Example:
+        >>> semantic = torch.zeros(1, 2, 4, 4); semantic[:, 0] = 1.0; semantic[:, 1, 1:3, 1:3] = 3.0
+        >>> masks = torch.zeros(1, 16, 16, dtype=torch.bool); masks[:, 4:12, 4:12] = True
+        >>> affinity = SemanticAffinity(); affinity.update(semantic, masks)
+        >>> {name: round(value, 2) for name, value in affinity.compute().items() if name in AFFINITY_PAIRS}
+        {'inside': 1.0, 'background': 1.0, 'boundary': 0.32}
+    """
+
+    def __init__(self, eps: float = 1e-8) -> None:
+        super().__init__()
+        self.eps = eps
+        self.add_state("sums", torch.zeros(len(AFFINITY_PAIRS), dtype=torch.float64))
+        self.add_state("pairs", torch.zeros(len(AFFINITY_PAIRS), dtype=torch.int64))
+
+    def update(self, semantic: Tensor, masks: Tensor) -> None:
+        """Add a batch.
+
+        Args:
+            semantic: (B, C, h, w) class-score maps (``SCMOutput.semantic``), C >= 2.
+            masks: (B, H, W) object masks at any resolution (e.g. the input's); area-pooled to h x w.
+        """
+        if semantic.dim() != 4 or masks.dim() != 3 or semantic.shape[0] != masks.shape[0]:
+            raise ValueError(
+                f"semantic must be (B, C, h, w) and masks (B, H, W) with the same B; got {tuple(semantic.shape)} "
+                f"and {tuple(masks.shape)}."
+            )
+        h, w = semantic.shape[-2:]
+        inside = torch.nn.functional.adaptive_avg_pool2d(masks.float()[:, None], (h, w))[:, 0] > 0.5
+        unit = semantic.detach().double()
+        unit = unit / unit.norm(dim=1, keepdim=True).clamp(min=self.eps)
+        sums, pairs = [], []
+        for similarity, a, b in (
+            ((unit[..., :, 1:] * unit[..., :, :-1]).sum(1), inside[..., :, 1:], inside[..., :, :-1]),
+            ((unit[..., 1:, :] * unit[..., :-1, :]).sum(1), inside[..., 1:, :], inside[..., :-1, :]),
+        ):
+            kinds = (a & b, ~a & ~b, a ^ b)
+            sums.append(torch.stack([similarity[kind].sum() for kind in kinds]))
+            pairs.append(torch.stack([kind.sum() for kind in kinds]))
+        self._add({"sums": sum(sums).cpu(), "pairs": sum(pairs).cpu()}, torch.device("cpu"))
+
+    def _compute(self, states: dict[str, Tensor]) -> dict[str, float]:
+        """The mean similarity of each kind of pair (NaN for a kind with no pair) and each kind's number of pairs."""
+        if int(states["pairs"].sum()) == 0:
+            raise RuntimeError("compute() before any update(); feed at least one batch.")
+        means = states["sums"] / states["pairs"].clamp(min=1)
+        result = {
+            name: float(mean) if int(n) else float("nan")
+            for name, mean, n in zip(AFFINITY_PAIRS, means, states["pairs"], strict=True)
+        }
+        return {
+            **result,
+            **{f"{name}_pairs": float(n) for name, n in zip(AFFINITY_PAIRS, states["pairs"], strict=True)},
+        }

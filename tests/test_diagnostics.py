@@ -222,3 +222,46 @@ def test_counting_diagnosed_rows_equals_updating_with_the_maps() -> None:
     from_rows = D.LocalizationOutcomes(tau=0.5)
     from_rows.update_from(D.diagnose_images(maps, logits, labels, gt, ["a", "b", "c", "d"], tau=0.5))
     assert from_rows.compute() == D.localization_outcomes(maps, logits, labels, gt, tau=0.5)
+
+
+def _object_and_background(object_vector: list[float], background_vector: list[float]) -> torch.Tensor:
+    """(1, 2, 6, 6) class scores: one vector on the central 2 x 2 patches (the object), another elsewhere."""
+    semantic = torch.tensor(background_vector)[None, :, None, None].repeat(1, 1, 6, 6)
+    semantic[:, :, 2:4, 2:4] = torch.tensor(object_vector)[:, None, None]
+    return semantic
+
+
+MASK = torch.zeros(1, 24, 24, dtype=torch.bool)
+MASK[:, 8:16, 8:16] = True  # the central 2 x 2 patches of a 6 x 6 grid of 4-pixel patches
+
+
+def test_semantic_affinity_sees_an_edge_only_where_the_class_vectors_change() -> None:
+    affinity = D.SemanticAffinity()
+    affinity.update(_object_and_background([1.0, 0.0], [0.0, 1.0]), MASK)
+    found = affinity.compute()
+    assert found["inside"] == pytest.approx(1.0) and found["background"] == pytest.approx(1.0)
+    assert found["boundary"] == pytest.approx(0.0)
+    # 2 x 2 object: 4 inside pairs; 8 edge-crossing pairs; 60 pairs on the 6 x 6 grid in all.
+    assert (found["inside_pairs"], found["boundary_pairs"], found["background_pairs"]) == (4, 8, 48)
+    same = D.SemanticAffinity()
+    same.update(_object_and_background([2.0, 1.0], [4.0, 2.0]), MASK)  # same direction: no edge to see
+    assert same.compute()["boundary"] == pytest.approx(1.0)
+
+
+def test_semantic_affinity_sums_batches_like_one_batch() -> None:
+    first, second = _object_and_background([1.0, 0.0], [0.0, 1.0]), _object_and_background([1.0, 1.0], [0.0, 1.0])
+    whole, parts = D.SemanticAffinity(), D.SemanticAffinity()
+    whole.update(torch.cat([first, second]), MASK.repeat(2, 1, 1))
+    parts.update(first, MASK)
+    parts.update(second, MASK)
+    assert whole.compute() == pytest.approx(parts.compute())
+    assert isinstance(whole, Metric)
+
+
+def test_semantic_affinity_refuses_bad_input() -> None:
+    with pytest.raises(RuntimeError, match="before any update"):
+        D.SemanticAffinity().compute()
+    with pytest.raises(ValueError, match=r"\(B, C, h, w\)"):
+        D.SemanticAffinity().update(torch.zeros(2, 6, 6), MASK)
+    with pytest.raises(ValueError, match="same B"):
+        D.SemanticAffinity().update(torch.zeros(2, 2, 6, 6), MASK)
