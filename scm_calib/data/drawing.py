@@ -10,6 +10,10 @@ others (:data:`FAMILIES`):
   without a band and muted discs; 112-160 px.
 - ``"marker"``: a rounded, shaded slab whose class is the *outline* of a small white or black marker near one
   end (not a colour); distractors are slabs without a marker and muted blobs; 64-96 px.
+- ``"tinted"``: ``"default"`` with a faint tint of the class hue over the whole body (and a faint tint of a random
+  hue over each headless body): the head is the strong cue, the body a weak one, as a bird's head and plumage
+  are. The other families' bodies say nothing about the class; this one tests SCM where its premise holds, a
+  semantic map that is class-specific over the whole object (``docs/results.md``).
 
 Only the cue tells the classes apart, so a classifier's map lights up the cue: the partial-activation trap that
 weakly supervised object localization methods such as SCM (Bai et al., ECCV 2022) exist to fix. The mask covers the
@@ -23,9 +27,9 @@ from collections.abc import Callable
 
 import numpy as np
 
-FAMILIES = ("default", "blobs", "marker")
+FAMILIES = ("default", "blobs", "marker", "tinted")
 """The data families :func:`render_object_image` draws."""
-FAMILY_SIZES = {"default": (96, 128), "blobs": (112, 160), "marker": (64, 96)}
+FAMILY_SIZES = {"default": (96, 128), "blobs": (112, 160), "marker": (64, 96), "tinted": (96, 128)}
 """Each family's default (smallest, largest) image side in pixels."""
 
 
@@ -41,7 +45,8 @@ def render_object_image(
 
     Args:
         rng: the random generator (consumed).
-        label: 0-based class; in ``"default"`` it picks the head hue ``360 * label / num_classes`` (jittered).
+        label: 0-based class; in ``"default"`` and ``"tinted"`` it picks the head hue ``360 * label / num_classes``
+            (jittered).
         num_classes: number of classes.
         min_size: smallest image side in pixels.
         max_size: largest image side in pixels.
@@ -54,8 +59,11 @@ def render_object_image(
         return _render_blobs(rng, label, num_classes, min_size, max_size)
     if family == "marker":
         return _render_marker(rng, label, num_classes, min_size, max_size)
+    tinted = family == "tinted"
     xs, ys, image, scale = _canvas(rng, min_size, max_size)
     height, width = xs.shape
+    spacing = 1.0 / num_classes
+    class_hue = (label * spacing + rng.uniform(-0.15, 0.15) * spacing) % 1.0 if tinted else None
 
     body = _body_shape(rng, scale)
     head_radius = body["minor"] * rng.uniform(0.5, 0.7)
@@ -74,7 +82,7 @@ def render_object_image(
         shape = _body_shape(rng, scale * rng.uniform(0.6, 1.0))
         mask = _place(rng, xs, ys, object_box, shape["major"], lambda cx, cy, s=shape: _ellipse(xs, ys, cx, cy, s))
         if mask is not None:
-            _paint(image, mask, _body_colour(rng), rng)
+            _paint(image, mask, _tinted_colour(rng, rng.uniform(0, 1)) if tinted else _body_colour(rng), rng)
     for _ in range(int(rng.integers(1, 4))):
         mask = _blob(rng, xs, ys, object_box, scale)
         if mask is not None:
@@ -84,10 +92,10 @@ def render_object_image(
     body_mask = _ellipse(xs, ys, centre[0], centre[1], body)
     head_centre = centre + head_offset
     head_mask = (xs - head_centre[0]) ** 2 + (ys - head_centre[1]) ** 2 <= head_radius**2
-    _paint(image, body_mask, _body_colour(rng), rng)
-    spacing = 1.0 / num_classes
-    hue = (label * spacing + rng.uniform(-0.15, 0.15) * spacing) % 1.0
-    head_colour = np.array(colorsys.hsv_to_rgb(hue, rng.uniform(0.8, 1.0), rng.uniform(0.8, 1.0))) * 255
+    _paint(image, body_mask, _tinted_colour(rng, class_hue) if tinted else _body_colour(rng), rng)
+    if class_hue is None:
+        class_hue = (label * spacing + rng.uniform(-0.15, 0.15) * spacing) % 1.0
+    head_colour = np.array(colorsys.hsv_to_rgb(class_hue, rng.uniform(0.8, 1.0), rng.uniform(0.8, 1.0))) * 255
     _paint(image, head_mask, head_colour, rng)
     return np.clip(image, 0, 255).round().astype(np.uint8), body_mask | head_mask
 
@@ -136,6 +144,12 @@ def _body_shape(rng: np.random.Generator, scale: float) -> dict[str, float]:
 
 def _body_colour(rng: np.random.Generator) -> np.ndarray:
     return rng.uniform(85, 175) + rng.uniform(-12, 12, size=3)
+
+
+def _tinted_colour(rng: np.random.Generator, hue: float) -> np.ndarray:
+    """A body colour of the ``_body_colour`` brightness with a faint tint of ``hue``."""
+    value = rng.uniform(85, 175) / 255
+    return np.array(colorsys.hsv_to_rgb(hue, rng.uniform(0.15, 0.3), value)) * 255
 
 
 def _ellipse(xs: np.ndarray, ys: np.ndarray, cx: float, cy: float, shape: dict[str, float]) -> np.ndarray:
