@@ -13,7 +13,7 @@ from safetensors.torch import load_file
 from timm.optim import create_optimizer_v2
 
 from scm_calib import SCMAdapter
-from scm_calib.data.shapes import PATTERNS, SHAPES, num_shape_classes, render_shapes
+from scm_calib.data.shapes import PATTERNS, SHAPES, STYLES, num_shape_classes, render_shapes
 from scm_calib.pretrained import ENCODER_ARCH, ENCODER_KWARGS, WEIGHTS_FILE, create_pretrained_encoder
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -30,8 +30,26 @@ def test_shapes_are_a_function_of_the_generator_alone() -> None:
     assert (first.masks.flatten(1).sum(dim=1) > 20).all()  # every image holds its object
 
 
+def test_varied_style_draws_the_same_classes_with_other_looks() -> None:
+    classic = render_shapes(torch.Generator().manual_seed(5), 16, size=48)
+    varied = render_shapes(torch.Generator().manual_seed(5), 16, size=48, style="varied")
+    assert STYLES == ("classic", "varied")
+    assert varied.images.shape == classic.images.shape and varied.masks.shape == classic.masks.shape
+    assert ((varied.labels >= 0) & (varied.labels < num_shape_classes())).all()
+    assert varied.images.min() >= 0 and varied.images.max() <= 1
+    assert not torch.equal(varied.images, classic.images)
+    assert (varied.masks.flatten(1).sum(dim=1) > 20).all()
+
+    def saturation(images: torch.Tensor) -> torch.Tensor:
+        return (images.amax(dim=1) - images.amin(dim=1)).mean()
+
+    many = render_shapes(torch.Generator().manual_seed(1), 64, size=48, style="varied")
+    assert saturation(many.images) > saturation(render_shapes(torch.Generator().manual_seed(1), 64, size=48).images)
+
+
 @pytest.mark.parametrize(
-    ("kwargs", "message"), [({"size": 8}, "at least 16"), ({"distractors": (3, 1)}, "low <= high")]
+    ("kwargs", "message"),
+    [({"size": 8}, "at least 16"), ({"distractors": (3, 1)}, "low <= high"), ({"style": "fancy"}, "style")],
 )
 def test_shapes_refuse_bad_arguments(kwargs: dict, message: str) -> None:
     with pytest.raises(ValueError, match=message):

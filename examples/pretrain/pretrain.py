@@ -30,15 +30,17 @@ from timm.scheduler import CosineLRScheduler
 
 from scm_calib.checkpoint import load_checkpoint, load_weights, save_checkpoint, save_weights
 from scm_calib.data import IMAGENET_MEAN, IMAGENET_STD
-from scm_calib.data.shapes import num_shape_classes, render_shapes
+from scm_calib.data.shapes import STYLES, num_shape_classes, render_shapes
 from scm_calib.pretrained import ENCODER_ARCH, ENCODER_KWARGS, WEIGHTS_FILE
 
 
 class ShapeBatches(torch.utils.data.Dataset):
     """Batch ``i`` of the pretraining stream, drawn from ``(seed, i)`` alone (normalised images, labels)."""
 
-    def __init__(self, seed: int, batch_size: int, steps: int, size: int, final_size: int, final_from: int) -> None:
-        self.seed, self.batch_size, self.steps = seed, batch_size, steps
+    def __init__(
+        self, seed: int, batch_size: int, steps: int, size: int, final_size: int, final_from: int, style: str
+    ) -> None:
+        self.seed, self.batch_size, self.steps, self.style = seed, batch_size, steps, style
         self.size, self.final_size, self.final_from = size, final_size, final_from
         self.mean = torch.tensor(IMAGENET_MEAN)[:, None, None]
         self.std = torch.tensor(IMAGENET_STD)[:, None, None]
@@ -49,7 +51,7 @@ class ShapeBatches(torch.utils.data.Dataset):
     def __getitem__(self, step: int) -> tuple[torch.Tensor, torch.Tensor]:
         gen = torch.Generator().manual_seed(self.seed * 1_000_003 + step)
         size = self.final_size if step >= self.final_from else self.size
-        batch = render_shapes(gen, self.batch_size, size)
+        batch = render_shapes(gen, self.batch_size, size, style=self.style)
         return (batch.images - self.mean) / self.std, batch.labels
 
 
@@ -63,6 +65,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--size", type=int, default=64, help="image side for most steps")
     parser.add_argument("--final-size", type=int, default=96, help="image side of the last steps (the model's size)")
     parser.add_argument("--final-fraction", type=float, default=0.1, help="share of the steps at --final-size")
+    parser.add_argument("--style", default="classic", choices=STYLES, help="the look of the images (render_shapes)")
     parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument("--weight-decay", type=float, default=0.05)
     parser.add_argument("--warmup-steps", type=int, default=150)
@@ -117,7 +120,7 @@ def main() -> None:
         optimizer.load_state_dict(state["optimizer"])
         start = state["step"]
     final_from = args.steps - round(args.steps * args.final_fraction)
-    data = ShapeBatches(args.seed, args.batch_size, args.steps, args.size, args.final_size, final_from)
+    data = ShapeBatches(args.seed, args.batch_size, args.steps, args.size, args.final_size, final_from, args.style)
     loader = torch.utils.data.DataLoader(
         torch.utils.data.Subset(data, range(start, args.steps)),
         batch_size=None,

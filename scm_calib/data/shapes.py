@@ -22,7 +22,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-__all__ = ["PATTERNS", "SHAPES", "ShapeBatch", "num_shape_classes", "render_shapes"]
+__all__ = ["PATTERNS", "SHAPES", "STYLES", "ShapeBatch", "num_shape_classes", "render_shapes"]
 
 SHAPES = (
     "disc",
@@ -123,11 +123,11 @@ def _smooth_noise(gen: torch.Generator, batch: int, channels: int, size: int, ce
     return F.interpolate(coarse, size=(size, size), mode="bicubic", align_corners=False)
 
 
-def _colour(gen: torch.Generator, value: torch.Tensor) -> torch.Tensor:
-    """(B, 3) random colours of the given mean brightness ``value`` (B,)."""
+def _colour(gen: torch.Generator, value: torch.Tensor, saturation: float = 0.6) -> torch.Tensor:
+    """(B, 3) random colours of the given mean brightness ``value`` (B,), saturation up to ``saturation``."""
     hue = torch.rand(value.shape[0], 3, generator=gen) - 0.5
-    saturation = torch.rand(value.shape[0], 1, generator=gen) * 0.6
-    return (value[:, None] + hue * saturation).clamp(0, 1)
+    amount = torch.rand(value.shape[0], 1, generator=gen) * saturation
+    return (value[:, None] + hue * amount).clamp(0, 1)
 
 
 def _draw(
@@ -138,6 +138,7 @@ def _draw(
     centre: torch.Tensor,
     radius: torch.Tensor,
     contrast_to: torch.Tensor,
+    varied: bool = False,
 ) -> torch.Tensor:
     """Paints one object per image onto ``canvas`` (B, 3, S, S) in place; returns its (B, S, S) mask.
 
@@ -145,12 +146,17 @@ def _draw(
         shape, pattern: (B,) outline and pattern indices.
         centre: (B, 2) pixel centre; radius: (B,) pixels.
         contrast_to: (B,) brightness the object's first colour stays away from.
+        varied: the ``"varied"`` style (:func:`render_shapes`): any saturation, a brightness contrast from faint
+            to strong, a wider range of aspects, shading across the body and, on half the objects, a part of
+            another colour.
     """
     batch, _, size, _ = canvas.shape
     coords = torch.arange(size, dtype=torch.float32) + 0.5
     ys, xs = torch.meshgrid(coords, coords, indexing="ij")
     angle = torch.rand(batch, generator=gen) * 2 * math.pi
-    aspect = 0.7 + 0.3 * torch.rand(batch, generator=gen)
+    aspect = (
+        (0.45 + 0.55 * torch.rand(batch, generator=gen)) if varied else 0.7 + 0.3 * torch.rand(batch, generator=gen)
+    )
     dx = (xs[None] - centre[:, 0, None, None]) / radius[:, None, None]
     dy = (ys[None] - centre[:, 1, None, None]) / radius[:, None, None]
     cos, sin = torch.cos(angle)[:, None, None], torch.sin(angle)[:, None, None]
@@ -167,19 +173,44 @@ def _draw(
     pv = -u * torch.sin(stripe_angle) + v * torch.cos(stripe_angle)
     mix = _pattern(pattern, pu, pv, freq)[:, None]
     # First colour well away from the surroundings' brightness, second colour far from the first.
-    shift = 0.25 + 0.35 * torch.rand(batch, generator=gen)
+    low = 0.05 if varied else 0.25
+    shift = low + (0.6 - low) * torch.rand(batch, generator=gen)
     sign = torch.where(contrast_to > 0.5, -1.0, 1.0)
     first_value = (contrast_to + sign * shift).clamp(0.05, 0.95)
     second_value = torch.where(first_value > 0.5, first_value - 0.45, first_value + 0.45)
-    first, second = _colour(gen, first_value), _colour(gen, second_value)
+    saturation = 1.0 if varied else 0.6
+    first, second = _colour(gen, first_value, saturation), _colour(gen, second_value, saturation)
     shading = 0.08 * _smooth_noise(gen, batch, 1, size, 3)
     paint = first[:, :, None, None] * (1 - mix) + second[:, :, None, None] * mix + shading
+    if varied:
+        # Shading along the body, and on half the objects a part (a disc near the rim) of another, saturated
+        # colour: objects have parts; the part says nothing about the class.
+        ramp = (0.25 * torch.rand(batch, 1, 1, generator=gen) * u.clamp(-1.5, 1.5))[:, None]
+        part_at = torch.rand(batch, 2, generator=gen) * 2 - 1
+        part_at = (
+            part_at
+            / part_at.norm(dim=1, keepdim=True).clamp(min=1e-6)
+            * (0.45 + 0.35 * torch.rand(batch, 1, generator=gen))
+        )
+        part_radius = (0.2 + 0.2 * torch.rand(batch, generator=gen))[:, None, None]
+        part = (u - part_at[:, 0, None, None]) ** 2 + (v - part_at[:, 1, None, None]) ** 2 <= part_radius**2
+        part = part & (torch.rand(batch, 1, 1, generator=gen) < 0.5)
+        part_colour = _colour(gen, 0.3 + 0.5 * torch.rand(batch, generator=gen), 1.6)
+        paint = torch.where(part[:, None], part_colour[:, :, None, None], paint + ramp)
     canvas.copy_(torch.where(mask[:, None], paint, canvas))
     return mask
 
 
+STYLES = ("classic", "varied")
+"""The looks :func:`render_shapes` draws; the classes are the same in both."""
+
+
 def render_shapes(
-    gen: torch.Generator, batch_size: int, size: int = 64, distractors: tuple[int, int] = (1, 4)
+    gen: torch.Generator,
+    batch_size: int,
+    size: int = 64,
+    distractors: tuple[int, int] = (1, 4),
+    style: str = "classic",
 ) -> ShapeBatch:
     """Draws a batch of pretraining images.
 
@@ -188,6 +219,10 @@ def render_shapes(
         batch_size: images B.
         size: image side S in pixels.
         distractors: the smallest and largest number of distractor objects per image (inclusive).
+        style: ``"classic"`` (low-saturation objects in strong brightness contrast, distractors a fifth to a
+            half of the object's radius) or ``"varied"``: colours of any saturation for objects and background,
+            a brightness contrast from faint to strong, a wider range of aspects, shading across the body, a
+            part of another colour on half the objects, and distractors up to 70 % of the object's radius.
 
     Returns:
         A :class:`ShapeBatch`.
@@ -197,10 +232,15 @@ def render_shapes(
     low, high = distractors
     if not 0 <= low <= high:
         raise ValueError(f"distractors must be (low, high) with 0 <= low <= high, got {distractors}.")
+    if style not in STYLES:
+        raise ValueError(f"style must be one of {STYLES}, got {style!r}.")
+    varied = style == "varied"
+    saturation = 1.0 if varied else 0.6
     b = batch_size
     # Background: two-colour smooth field, sometimes stripes, pixel noise.
     base = torch.rand(b, generator=gen) * 0.8 + 0.1
-    colour_a, colour_b = _colour(gen, base), _colour(gen, (base + torch.rand(b, generator=gen) * 0.4 - 0.2).clamp(0, 1))
+    colour_a = _colour(gen, base, saturation)
+    colour_b = _colour(gen, (base + torch.rand(b, generator=gen) * 0.4 - 0.2).clamp(0, 1), saturation)
     blend = torch.sigmoid(2.5 * _smooth_noise(gen, b, 1, size, int(torch.randint(2, 6, (), generator=gen))))
     canvas = colour_a[:, :, None, None] * blend + colour_b[:, :, None, None] * (1 - blend)
     canvas = canvas + 0.12 * _smooth_noise(gen, b, 3, size, 8)
@@ -222,14 +262,14 @@ def render_shapes(
     counts = torch.randint(low, high + 1, (b,), generator=gen)
     for k in range(high):
         present = counts > k
-        d_radius = radius * (0.2 + 0.25 * torch.rand(b, generator=gen))
+        d_radius = radius * (0.2 + (0.5 if varied else 0.25) * torch.rand(b, generator=gen))
         d_centre = torch.rand(b, 2, generator=gen) * size
         d_shape = torch.randint(len(SHAPES), (b,), generator=gen)
         d_pattern = torch.randint(len(PATTERNS), (b,), generator=gen)
         before = canvas.clone()
-        _draw(gen, canvas, d_shape, d_pattern, d_centre, d_radius, canvas.mean(dim=(1, 2, 3)))
+        _draw(gen, canvas, d_shape, d_pattern, d_centre, d_radius, canvas.mean(dim=(1, 2, 3)), varied)
         canvas.copy_(torch.where(present[:, None, None, None], canvas, before))
     surround = canvas.mean(dim=(1, 2, 3))
-    mask = _draw(gen, canvas, shape, pattern, centre, radius, surround)
+    mask = _draw(gen, canvas, shape, pattern, centre, radius, surround, varied)
     canvas = canvas + 0.03 * torch.randn(canvas.shape, generator=gen)
     return ShapeBatch(canvas.clamp(0, 1), shape * len(PATTERNS) + pattern, mask)
