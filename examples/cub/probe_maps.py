@@ -46,8 +46,7 @@ def data_root(config: TrainConfig, override: str | None) -> Path:
 def probe(model: torch.nn.Module, image_size: int, root: Path, batch_size: int = 64) -> dict[str, float]:
     """MaxBoxAccV2 of A, S, A*S and the centre prior, and the semantic affinity, of a stripped model on ``root``'s
     test split at ``image_size``."""
-    masks = (root / "segmentations").is_dir()
-    test = CUBDataset(root, "test", image_size=image_size, masks=masks)
+    test = CUBDataset(root, "test", image_size=image_size)  # reads the masks when the folder has them
     size = (image_size, image_size)
     scores = {name: BoxAccuracy("wsol", size=size) for name in ("A", "S", "A*S", "centre prior")}
     affinity = SemanticAffinity()
@@ -64,10 +63,10 @@ def probe(model: torch.nn.Module, image_size: int, root: Path, batch_size: int =
         }
         for name, value in maps.items():
             scores[name].update(value, batch.boxes_protocol)
-        if masks:
+        if batch.masks is not None:
             affinity.update(output.semantic, batch.masks)
     result = {f"MaxBoxAccV2 {name}": metric.compute()["MaxBoxAccV2"] for name, metric in scores.items()}
-    if masks:
+    if batch.masks is not None:
         result.update({f"affinity {k}": v for k, v in affinity.compute().items() if not k.endswith("_pairs")})
     return result
 

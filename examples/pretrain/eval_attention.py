@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import json
+from collections.abc import Iterable
 from pathlib import Path
 
 import timm
@@ -33,19 +34,29 @@ from scm_calib.metrics import BoxAccuracy
 from scm_calib.pretrained import ENCODER_ARCH, ENCODER_KWARGS, create_pretrained_encoder
 
 
-def score(encoder: torch.nn.Module, root: Path, image_size: int, batch_size: int = 64) -> dict[str, float]:
-    """MaxBoxAccV2 / MaxBoxAcc of the attention and of the centre prior on the test split of ``root``."""
+def score_batches(
+    encoder: torch.nn.Module, batches: Iterable[tuple[torch.Tensor, list[torch.Tensor]]], image_size: int
+) -> tuple[dict[str, float], dict[str, float]]:
+    """Box metrics of the attention and of the centre prior over (normalised images, boxes) batches."""
     adapter = SCMAdapter(encoder, scm=None).eval()
-    test = CUBDataset(root, "test", image_size=image_size, masks=False)
     size = (image_size, image_size)
     attention, prior = BoxAccuracy("wsol", size=size), BoxAccuracy("wsol", size=size)
-    for start in range(0, len(test), batch_size):
-        batch = collate_wsol([test[i] for i in range(start, min(start + batch_size, len(test)))])
+    for images, boxes in batches:
         with torch.no_grad():
-            maps = semantic_and_attention(adapter, batch.images).attention
-        attention.update(maps, batch.boxes_protocol)
-        prior.update(centre_prior_map(maps.shape[-2:]).expand_as(maps), batch.boxes_protocol)
-    found, reference = attention.compute(), prior.compute()
+            maps = semantic_and_attention(adapter, images).attention
+        attention.update(maps, boxes)
+        prior.update(centre_prior_map(maps.shape[-2:]).expand_as(maps), boxes)
+    return attention.compute(), prior.compute()
+
+
+def score(encoder: torch.nn.Module, root: Path, image_size: int, batch_size: int = 64) -> dict[str, float]:
+    """MaxBoxAccV2 / MaxBoxAcc of the attention and of the centre prior on the test split of ``root``."""
+    test = CUBDataset(root, "test", image_size=image_size, masks=False)
+    batches = (
+        collate_wsol([test[i] for i in range(start, min(start + batch_size, len(test)))])
+        for start in range(0, len(test), batch_size)
+    )
+    found, reference = score_batches(encoder, ((b.images, b.boxes_protocol) for b in batches), image_size)
     return {
         "attention MaxBoxAccV2": found["MaxBoxAccV2"],
         "attention MaxBoxAcc": found["MaxBoxAcc"],
@@ -54,7 +65,9 @@ def score(encoder: torch.nn.Module, root: Path, image_size: int, batch_size: int
     }
 
 
-def score_pretraining_images(encoder: torch.nn.Module, count: int, style: str, image_size: int) -> dict[str, float]:
+def score_pretraining_images(
+    encoder: torch.nn.Module, count: int, style: str, image_size: int, batch_size: int = 64
+) -> dict[str, float]:
     """MaxBoxAccV2 of the attention and of the centre prior on ``count`` pretraining images (boxes: the object's)."""
     batch = render_shapes(torch.Generator().manual_seed(123), count, size=image_size, style=style)
     boxes = []
@@ -62,18 +75,12 @@ def score_pretraining_images(encoder: torch.nn.Module, count: int, style: str, i
         ys, xs = torch.nonzero(mask, as_tuple=True)
         boxes.append(torch.stack([xs.min(), ys.min(), xs.max(), ys.max()])[None].float())
     mean, std = torch.tensor(IMAGENET_MEAN)[:, None, None], torch.tensor(IMAGENET_STD)[:, None, None]
-    adapter = SCMAdapter(encoder, scm=None).eval()
-    size = (image_size, image_size)
-    attention, prior = BoxAccuracy("wsol", size=size), BoxAccuracy("wsol", size=size)
-    for start in range(0, count, 64):
-        with torch.no_grad():
-            maps = semantic_and_attention(adapter, (batch.images[start : start + 64] - mean) / std).attention
-        attention.update(maps, boxes[start : start + 64])
-        prior.update(centre_prior_map(maps.shape[-2:]).expand_as(maps), boxes[start : start + 64])
-    return {
-        "attention MaxBoxAccV2": attention.compute()["MaxBoxAccV2"],
-        "centre prior MaxBoxAccV2": prior.compute()["MaxBoxAccV2"],
-    }
+    images = (batch.images - mean) / std
+    batches = (
+        (images[start : start + batch_size], boxes[start : start + batch_size]) for start in range(0, count, batch_size)
+    )
+    found, reference = score_batches(encoder, batches, image_size)
+    return {"attention MaxBoxAccV2": found["MaxBoxAccV2"], "centre prior MaxBoxAccV2": reference["MaxBoxAccV2"]}
 
 
 def main() -> None:

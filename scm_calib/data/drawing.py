@@ -62,8 +62,7 @@ def render_object_image(
     tinted = family == "tinted"
     xs, ys, image, scale = _canvas(rng, min_size, max_size)
     height, width = xs.shape
-    spacing = 1.0 / num_classes
-    class_hue = (label * spacing + rng.uniform(-0.15, 0.15) * spacing) % 1.0 if tinted else None
+    class_hue = _class_hue(rng, label, num_classes) if tinted else None
 
     body = _body_shape(rng, scale)
     head_radius = body["minor"] * rng.uniform(0.5, 0.7)
@@ -94,7 +93,7 @@ def render_object_image(
     head_mask = (xs - head_centre[0]) ** 2 + (ys - head_centre[1]) ** 2 <= head_radius**2
     _paint(image, body_mask, _tinted_colour(rng, class_hue) if tinted else _body_colour(rng), rng)
     if class_hue is None:
-        class_hue = (label * spacing + rng.uniform(-0.15, 0.15) * spacing) % 1.0
+        class_hue = _class_hue(rng, label, num_classes)
     head_colour = np.array(colorsys.hsv_to_rgb(class_hue, rng.uniform(0.8, 1.0), rng.uniform(0.8, 1.0))) * 255
     _paint(image, head_mask, head_colour, rng)
     return np.clip(image, 0, 255).round().astype(np.uint8), body_mask | head_mask
@@ -144,6 +143,12 @@ def _body_shape(rng: np.random.Generator, scale: float) -> dict[str, float]:
 
 def _body_colour(rng: np.random.Generator) -> np.ndarray:
     return rng.uniform(85, 175) + rng.uniform(-12, 12, size=3)
+
+
+def _class_hue(rng: np.random.Generator, label: int, num_classes: int) -> float:
+    """The hue in [0, 1) that codes class ``label``: ``label / num_classes``, jittered by 15 % of the spacing."""
+    spacing = 1.0 / num_classes
+    return (label * spacing + rng.uniform(-0.15, 0.15) * spacing) % 1.0
 
 
 def _tinted_colour(rng: np.random.Generator, hue: float) -> np.ndarray:
@@ -283,8 +288,7 @@ def _render_blobs(
     paint_body(body_mask, u, v)
     offset, half = rng.uniform(-0.45, 0.45), rng.uniform(0.14, 0.22)
     band = body_mask & (np.abs(u - offset) <= half)
-    spacing = 1.0 / num_classes
-    hue = (label * spacing + rng.uniform(-0.15, 0.15) * spacing) % 1.0
+    hue = _class_hue(rng, label, num_classes)
     _paint(image, band, np.array(colorsys.hsv_to_rgb(hue, rng.uniform(0.8, 1.0), rng.uniform(0.8, 1.0))) * 255, rng)
     return np.clip(image, 0, 255).round().astype(np.uint8), body_mask
 
