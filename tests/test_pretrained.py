@@ -96,3 +96,27 @@ def test_pretrain_script_writes_weights_that_load_and_resume(tmp_path: Path) -> 
     )
     assert resumed.returncode == 0, resumed.stderr
     assert "step 3/3" in resumed.stdout
+
+
+def test_eval_attention_scores_attention_and_centre_prior_on_families_and_pretraining_images(tmp_path: Path) -> None:
+    sys.path.insert(0, str(ROOT / "examples" / "pretrain"))
+    import eval_attention
+
+    from scm_calib.data import ensure_generated_dataset
+
+    def encoder() -> torch.nn.Module:
+        torch.manual_seed(0)
+        return timm.create_model(ENCODER_ARCH, num_classes=4, img_size=32, **ENCODER_KWARGS)
+
+    root = ensure_generated_dataset(
+        tmp_path / "data", num_classes=2, train_per_class=1, test_per_class=3, val_per_class=0, min_size=32, max_size=40
+    )
+    on_family = eval_attention.score(encoder(), root, image_size=32, batch_size=4)
+    on_shapes = eval_attention.score_pretraining_images(encoder(), 10, "varied", image_size=32, batch_size=4)
+    assert set(on_family) == {f"{m} {k}" for m in ("attention", "centre prior") for k in ("MaxBoxAccV2", "MaxBoxAcc")}
+    assert set(on_shapes) == {"attention MaxBoxAccV2", "centre prior MaxBoxAccV2"}
+    assert all(0.0 <= value <= 100.0 for value in [*on_family.values(), *on_shapes.values()])
+    # The same centre prior on the same images whatever the encoder: it ignores the image.
+    other = timm.create_model(ENCODER_ARCH, num_classes=4, img_size=32, **ENCODER_KWARGS)
+    again = eval_attention.score_pretraining_images(other, 10, "varied", image_size=32, batch_size=5)
+    assert again["centre prior MaxBoxAccV2"] == on_shapes["centre prior MaxBoxAccV2"]
