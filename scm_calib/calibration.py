@@ -6,6 +6,7 @@ patches and gates the class-score maps with the result; at inference it is remov
 learnable scalars, ``lambda_`` and ``beta``; the diffusion operator lives in ``scm_calib.ops``.
 """
 
+import contextlib
 import math
 import numbers
 from collections.abc import Sequence
@@ -229,7 +230,7 @@ class SCM(nn.Module):
         """
         _check_inputs(maps, attn)
         dtype = torch.promote_types(maps.dtype, torch.float32)
-        with torch.autocast(device_type=maps.device.type, enabled=False):
+        with _autocast_disabled(maps.device.type):
             maps, attn = maps.to(dtype), attn.to(dtype)
             for index, block in enumerate(self.blocks):
                 try:
@@ -237,6 +238,13 @@ class SCM(nn.Module):
                 except FloatingPointError as err:
                     raise FloatingPointError(f"SCM block {index}: {err}") from None
         return maps, attn
+
+
+def _autocast_disabled(device_type: str) -> contextlib.AbstractContextManager:
+    """Autocast switched off on ``device_type``; nothing to switch off where it has none (``meta``)."""
+    if torch.amp.is_autocast_available(device_type):
+        return torch.autocast(device_type, enabled=False)
+    return contextlib.nullcontext()
 
 
 def _check_inputs(maps: torch.Tensor, attn: torch.Tensor) -> None:
