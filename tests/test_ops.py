@@ -1,10 +1,12 @@
 """The diffusion operator of SCM (``scm_calib.ops``) against the dense reference of ``tests/reference_scm.py``."""
 
 import importlib
+import importlib.util
 import os
 import time
 import warnings
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from types import ModuleType
 
 import pytest
@@ -313,3 +315,30 @@ def test_triton_path_large_k_and_errors(interpreted_triton: ModuleType, monkeypa
     monkeypatch.setattr(interpreted_triton, "_INTERPRETED", False)
     with pytest.raises(RuntimeError, match="got cpu tensors"):
         diffuse(maps, attn, 1.0, 2, backend="triton")
+
+
+def _compile_script() -> ModuleType:
+    """``benchmarks/compile_kernels.py`` as a module; skips where Triton's NVIDIA compiler is missing."""
+    if not ops.triton_available():
+        pytest.skip("triton is not installed")
+    pytest.importorskip("triton.backends.nvidia.compiler")
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "compile_kernels.py"
+    spec = importlib.util.spec_from_file_location("compile_kernels", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.parametrize("kernel", ["forward", "backward"])
+def test_triton_kernels_compile_for_a_hopper_gpu_without_spills(kernel: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The interpreter does not compile: this builds the kernels for sm_90 (H100, H200) with ptxas, no GPU
+    needed, at DeiT's 14 x 14 grid and at the smallest launch (a 3 x 1 grid)."""
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)  # the script's import would drop it for good
+    script = _compile_script()
+    if script.triton_kernels._INTERPRETED:
+        pytest.skip("TRITON_INTERPRET=1 is set for the whole session: the kernels are the interpreter's")
+    for grid, block in [((14, 14), 256), ((3, 1), 4)]:
+        figures = script.compile_kernel(kernel, arch=90, grid=grid)
+        assert figures["block"] == block and figures["num_warps"] == 1
+        assert 0 < figures["registers"] <= 255 and figures["barriers"] == 1
+        assert figures["spill_stores"] == figures["spill_loads"] == 0
