@@ -7,9 +7,15 @@ variants take turns, and the median of the repeats is printed).
 
     python benchmarks/bench_scm_ops.py                  # CPU default: B=16, C=200, 14x14
     python benchmarks/bench_scm_ops.py --device cuda    # adds the Triton backend
+    python benchmarks/bench_scm_ops.py --device cuda --num-warps 1 2 4 8   # and Triton at each warp count
+    TRITON_INTERPRET=1 python benchmarks/bench_scm_ops.py --batch 2 --repeats 1 --num-warps 1 2  # CPU try-out
+
+``--num-warps`` times the Triton backend once more for each warp count per program (instead of the count
+``triton_kernels._launch_config`` picks for the grid), in the same run, as ``triton wN`` columns.
 """
 
 import argparse
+import os
 import statistics
 import sys
 import time
@@ -43,6 +49,21 @@ def _time_ms(steps: dict[str, Callable[[], None]], device: torch.device, repeats
     return {name: statistics.median(values) for name, values in times.items()}
 
 
+def _with_warps(step: Callable[[], None], num_warps: int) -> Callable[[], None]:
+    """``step`` with every Triton chain kernel launched with ``num_warps`` warps per program."""
+    from scm_calib.ops import triton_kernels
+
+    def run() -> None:
+        chosen = triton_kernels._launch_config
+        triton_kernels._launch_config = lambda nodes: (chosen(nodes)[0], num_warps)
+        try:
+            step()
+        finally:
+            triton_kernels._launch_config = chosen
+
+    return run
+
+
 def _forward_backward(module: torch.nn.Module, maps: torch.Tensor, attn: torch.Tensor) -> Callable[[], None]:
     def step() -> None:
         calibrated, updated = module(maps, attn)
@@ -58,13 +79,17 @@ def main() -> None:
     parser.add_argument("--classes", type=int, default=200)
     parser.add_argument("--grid", type=int, nargs=2, action="append", help="h w (repeatable); default 14 14")
     parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--num-warps", type=int, nargs="+", default=[], help="also time Triton at these warp counts")
     args = parser.parse_args()
     device = torch.device(args.device)
-    backends = ["torch"] + (["triton"] if device.type == "cuda" and triton_available() else [])
+    interpreted = os.environ.get("TRITON_INTERPRET") == "1"  # Triton on CPU tensors (slow), to try the script
+    backends = ["torch"] + (["triton"] if (device.type == "cuda" or interpreted) and triton_available() else [])
+    warps = args.num_warps if "triton" in backends else []
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu ({torch.get_num_threads()} threads)"
     print(f"device: {name}, torch {torch.__version__}, SCM 4 blocks (16/4/4/4), forward+backward, float32")
+    columns = backends + [f"triton w{n}" for n in warps]
     header = f"{'B':>4} {'C':>5} {'grid':>7} {'dense ms':>10}" + "".join(
-        f" {b + ' ms':>10} {'x faster':>9}" for b in backends
+        f" {c + ' ms':>13} {'x faster':>9}" for c in columns
     )
     print(header)
     for h, w in args.grid or [(14, 14)]:
@@ -75,10 +100,12 @@ def main() -> None:
             steps = {"dense": _forward_backward(ReferenceSCM().to(device), maps, attn)}
             for backend in backends:
                 steps[backend] = _forward_backward(SCM(backend=backend).to(device), maps, attn)
+            for n in warps:
+                steps[f"triton w{n}"] = _with_warps(_forward_backward(SCM(backend="triton").to(device), maps, attn), n)
             times = _time_ms(steps, device, args.repeats)
             row = f"{batch:>4} {args.classes:>5} {f'{h}x{w}':>7} {times['dense']:>10.1f}"
-            for backend in backends:
-                row += f" {times[backend]:>10.1f} {times['dense'] / times[backend]:>9.2f}"
+            for column in columns:
+                row += f" {times[column]:>13.2f} {times['dense'] / times[column]:>9.2f}"
             print(row)
 
 

@@ -48,7 +48,9 @@ def compile_kernel(kernel: str, arch: int, grid: tuple[int, int], num_warps: int
 
     Returns:
         ``block``, ``num_warps``, ``registers`` (per thread), ``spill_stores`` and ``spill_loads`` (bytes),
-        ``stack`` (bytes of stack frame), ``barriers``.
+        ``stack`` (bytes of stack frame), ``barriers`` (ptxas's count), and from the PTX ``bar_syncs`` (the
+        barrier instructions) and ``noncoherent_loads`` (``ld.global.nc``: reads through the read-only cache,
+        which may miss what the program itself wrote to that buffer; the kernels re-read their own scratch).
     """
     fn = KERNELS[kernel]
     block, default_warps = triton_kernels._launch_config(grid[0] * grid[1])
@@ -71,7 +73,12 @@ def compile_kernel(kernel: str, arch: int, grid: tuple[int, int], num_warps: int
             [get_ptxas(arch).path, "-v", f"-arch={target}", path, "-o", os.devnull],
             capture_output=True, text=True, check=True,
         ).stderr  # fmt: skip
-    figures = {"block": block, "num_warps": warps}
+    figures = {
+        "block": block,
+        "num_warps": warps,
+        "bar_syncs": len(re.findall(r"\bbar\.sync\b", ptx)),
+        "noncoherent_loads": len(re.findall(r"\bld\.global\.nc\b", ptx)),
+    }
     patterns = {
         "registers": r"Used (\d+) registers",
         "barriers": r"used (\d+) barriers",
@@ -92,8 +99,11 @@ def main() -> None:
     parser.add_argument("--num-warps", type=int, nargs="+", help="warp counts to compare; default: the launched one")
     args = parser.parse_args()
     print(f"triton {triton.__version__}, ptxas {get_ptxas(90).version}; no GPU used")
-    print("| arch | grid | kernel | block | warps | registers | spill stores / loads (bytes) | stack (bytes) |")
-    print("|---|---|---|---|---|---|---|---|")
+    print(
+        "| arch | grid | kernel | block | warps | registers | spill stores / loads (bytes) | stack (bytes) "
+        "| bar.sync / ld.global.nc in the PTX |"
+    )
+    print("|---|---|---|---|---|---|---|---|---|")
     for arch in args.arch:
         for h, w in args.grid or DEFAULT_GRIDS:
             for kernel in KERNELS:
@@ -101,7 +111,8 @@ def main() -> None:
                     f = compile_kernel(kernel, arch, (h, w), warps)
                     print(
                         f"| sm_{arch} | {h}x{w} | {kernel} | {f['block']} | {f['num_warps']} | {f['registers']} | "
-                        f"{f['spill_stores']} / {f['spill_loads']} | {f['stack']} |"
+                        f"{f['spill_stores']} / {f['spill_loads']} | {f['stack']} | "
+                        f"{f['bar_syncs']} / {f['noncoherent_loads']} |"
                     )
 
 

@@ -16,5 +16,13 @@ def test_gpu_checks_time_limits_add_up_to_eight_minutes(mode: str) -> None:
     quick, full = SCRIPT.read_text().split("\nelse\n")
     steps = STEP.findall(quick if mode == "quick" else full)
     names = [name for name, _ in steps]
-    assert names == ["tests", "auto_self_check", "sync_step", "benchmark", "bench_scm_ops", "bench_boxes"]
+    assert names == [
+        "tests",
+        "auto_self_check",
+        "sync_step",
+        "benchmark",
+        "profile",
+        "bench_scm_ops",
+        "bench_boxes",
+    ]
     assert sum(int(limit) for _, limit in steps) <= 8 * 60

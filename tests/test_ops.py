@@ -2,6 +2,7 @@
 
 import importlib
 import importlib.util
+import inspect
 import os
 import time
 import warnings
@@ -342,3 +343,7 @@ def test_triton_kernels_compile_for_a_hopper_gpu_without_spills(kernel: str, mon
         assert figures["block"] == block and figures["num_warps"] == 1
         assert 0 < figures["registers"] <= 255 and figures["barriers"] == 1
         assert figures["spill_stores"] == figures["spill_loads"] == 0
+        # Programs re-read the scratch they wrote, after a barrier: every barrier of the source is kept, and
+        # no read bypasses the coherent cache.
+        barriers = inspect.getsource(script.KERNELS[kernel].fn).count("tl.debug_barrier()")
+        assert figures["bar_syncs"] == barriers > 0 and figures["noncoherent_loads"] == 0

@@ -1,0 +1,102 @@
+"""Where a training step's extra time goes with SCM: a torch.profiler table of the adapter against bare timm.
+
+Profiles the same training step (forward, backward, AdamW) as ``benchmarks/benchmark.py`` for the bare timm
+model and for ``SCMAdapter`` with each operator, and prints, per operator, the ops and kernels whose own
+time grows most from the bare model to the adapter (the time SCM adds, by kernel), then the adapter's
+own top kernels. Device time on CUDA, CPU time elsewhere; times are per step.
+
+    python benchmarks/profile_step.py                                # CUDA: DeiT-S, batch 128, bf16
+    python benchmarks/profile_step.py --device cpu --batch 2 --depth 1 --steps 1
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import logging
+
+import timm
+import torch
+from benchmark import train_step
+from torch.profiler import ProfilerActivity, profile
+
+from scm_calib import SCM, SCMAdapter
+from scm_calib.ops import triton_available
+
+
+def own_times_us(step: object, device: torch.device, steps: int, warmup: int) -> dict[str, float]:
+    """Own time of every op and kernel per step, in microseconds (device time on CUDA)."""
+    for _ in range(warmup):
+        step()
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    with profile(activities=activities) as prof:
+        for _ in range(steps):
+            step()
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+    field = "self_device_time_total" if device.type == "cuda" else "self_cpu_time_total"
+    times = {event.key: getattr(event, field) / steps for event in prof.key_averages()}
+    return {key: value for key, value in times.items() if value > 0}
+
+
+def table(title: str, rows: list[tuple[str, float, float]], total: float, limit: int) -> list[str]:
+    lines = [title, "", "| op or kernel | bare us | adapter us | added us | share of added |", "|---|---|---|---|---|"]
+    for key, bare, adapter in rows[:limit]:
+        name = key if len(key) <= 90 else key[:87] + "..."
+        share = f"{(adapter - bare) / total:.0%}" if total > 0 else "-"
+        lines.append(f"| `{name}` | {bare:.0f} | {adapter:.0f} | {adapter - bare:+.0f} | {share} |")
+    return lines + [""]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--model", default="deit_small_patch16_224")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--batch", type=int, default=128)
+    parser.add_argument("--classes", type=int, default=200)
+    parser.add_argument("--precision", choices=["bf16", "fp32"], default="bf16")
+    parser.add_argument("--steps", type=int, default=3, help="profiled steps")
+    parser.add_argument("--warmup", type=int, default=3)
+    parser.add_argument("--depth", type=int, default=None, help="override the model depth (quick CPU runs)")
+    parser.add_argument("--rows", type=int, default=15)
+    args = parser.parse_args()
+    logging.getLogger("torch.profiler").setLevel(logging.ERROR)
+    device = torch.device(args.device)
+    torch.manual_seed(0)
+    x = torch.randn(args.batch, 3, 224, 224, device=device)
+    y = torch.randint(0, args.classes, (args.batch,), device=device)
+    autocast = (
+        torch.autocast(device.type, dtype=torch.bfloat16) if args.precision == "bf16" else contextlib.nullcontext()
+    )
+    extra = {"depth": args.depth} if args.depth else {}
+
+    def model() -> torch.nn.Module:
+        return timm.create_model(args.model, num_classes=args.classes, **extra).to(device)
+
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU"
+    clock = "device" if device.type == "cuda" else "CPU"
+    print(
+        f"profile: {name}, {args.model}, batch {args.batch}, {args.precision}, {clock} time per step, "
+        f"torch {torch.__version__}"
+    )
+    bare = own_times_us(train_step(model(), x, y, autocast), device, args.steps, args.warmup)
+    backends = ["torch"] + (["triton"] if device.type == "cuda" and triton_available() else [])
+    for backend in backends:
+        adapter = SCMAdapter(model(), scm=SCM(backend=backend).to(device))
+        mine = own_times_us(train_step(adapter, x, y, autocast), device, args.steps, args.warmup)
+        rows = [(key, bare.get(key, 0.0), mine.get(key, 0.0)) for key in bare.keys() | mine.keys()]
+        added_total = sum(m for _, _, m in rows) - sum(b for _, b, _ in rows)
+        print(
+            f"\n{backend} operator: bare {sum(bare.values()) / 1e3:.2f} ms, adapter {sum(mine.values()) / 1e3:.2f} ms "
+            f"of {clock} time per step, added {added_total / 1e3:+.2f} ms\n"
+        )
+        grown = sorted(rows, key=lambda r: r[2] - r[1], reverse=True)
+        print("\n".join(table("What SCM adds (largest growth first):", grown, added_total, args.rows)))
+        top = sorted(rows, key=lambda r: r[2], reverse=True)
+        print("\n".join(table("The adapter's own top ops and kernels:", top, added_total, args.rows)))
+
+
+if __name__ == "__main__":
+    main()
