@@ -41,7 +41,8 @@ def stencil_coefficients(maps: torch.Tensor, lam: torch.Tensor | float, eps: flo
     """
     _, _, h, w = maps.shape
     unit = F.normalize(maps, dim=1, eps=eps)
-    degree = grid_degree(h, w, maps.device, maps.dtype)
+    # Under torch.compile the graph holds the degree plane: the cache is for eager calls (and Dynamo warns on it).
+    degree = (grid_degree.__wrapped__ if torch.compiler.is_compiling() else grid_degree)(h, w, maps.device, maps.dtype)
     centre = degree * (lam * (unit * unit).sum(dim=1) - 1.0)
     east = 1.0 - lam * (unit[..., :, :-1] * unit[..., :, 1:]).sum(dim=1)
     south = 1.0 - lam * (unit[..., :-1, :] * unit[..., 1:, :]).sum(dim=1)
