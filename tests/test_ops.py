@@ -20,6 +20,7 @@ from scm_calib.ops.grid import grid_degree, grid_laplacian
 from scm_calib.ops.torch_stencil import diffuse_torch, stencil_coefficients, stencil_matvec
 
 CPU = torch.device("cpu")
+CUDA = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 
 
 def _inputs(batch: int, classes: int, h: int, w: int, dtype: torch.dtype, seed: int = 0) -> tuple[torch.Tensor, ...]:
@@ -39,7 +40,7 @@ def _values_and_grads(
     num_iters: int,
 ) -> tuple[torch.Tensor, ...]:
     maps, attn = maps.clone().requires_grad_(), attn.clone().requires_grad_()
-    lam = torch.tensor(lam, dtype=maps.dtype, requires_grad=True)
+    lam = torch.tensor(lam, dtype=maps.dtype, device=maps.device, requires_grad=True)
     u = fn(maps, attn, lam, num_iters)
     return (u, *torch.autograd.grad((u * probe).sum(), (maps, attn, lam)))
 
@@ -293,6 +294,35 @@ def test_triton_path_matches_reference(interpreted_triton: ModuleType, h: int, w
     expected = _values_and_grads(reference_diffuse, maps, attn, 1.3, probe, num_iters)
     actual = _values_and_grads(lambda *a: diffuse(*a, backend="triton"), maps, attn, 1.3, probe, num_iters)
     _assert_close(actual, expected, rtol=RTOL)
+
+
+def _triton_against_float64(device: torch.device, h: int, w: int, num_iters: int) -> None:
+    """Triton (float32) against the torch operator in float64 on ``device``: values and all gradients."""
+    maps, attn, probe = (t.to(device) for t in _inputs(3, 5, h, w, torch.float32))
+    torch_op = lambda *a: diffuse(*a, backend="torch")  # noqa: E731
+    expected = _values_and_grads(torch_op, maps.double(), attn.double(), 1.3, probe.double(), num_iters)
+    actual = _values_and_grads(lambda *a: diffuse(*a, backend="triton"), maps, attn, 1.3, probe, num_iters)
+    assert all(a.device == maps.device for a in actual)
+    _assert_close(tuple(a.double() for a in actual), expected, rtol=RTOL)
+
+
+def test_triton_against_float64_under_the_interpreter(interpreted_triton: ModuleType) -> None:
+    """The check that the CUDA test below runs on a GPU, on the CPU here (it has not run on a GPU yet)."""
+    _triton_against_float64(CPU, 3, 4, 2)
+
+
+@CUDA
+@pytest.mark.parametrize(
+    ("h", "w", "num_iters"),
+    [(14, 14, 1), (14, 14, 4), (14, 14, 6), (28, 28, 4), (1, 9, 3), (9, 1, 2), (2, 7, 5), (45, 45, 3), (64, 64, 4)]
+    + [(65, 64, 2), (14, 14, 16)],
+)
+def test_compiled_triton_on_cuda_matches_float64(h: int, w: int, num_iters: int) -> None:
+    """The compiled kernels on a GPU: every block size up to ``MAX_NODES`` (64 x 64, where the backward
+    spills registers), one-row and one-column grids, K = 1 to 6, the torch-chain fallback above
+    ``MAX_NODES`` (65 x 64) and the dense path (K = 16)."""
+    pytest.importorskip("triton")
+    _triton_against_float64(torch.device("cuda"), h, w, num_iters)
 
 
 def test_auto_self_check_runs_the_triton_kernels(
