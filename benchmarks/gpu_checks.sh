@@ -4,7 +4,7 @@
 # training step under torch.cuda.set_sync_debug_mode("error"), the benchmark table (DeiT-S, batch 128,
 # bf16 and fp32: bare timm, original-like, torch and Triton operator; SCM blocks alone; inference bare,
 # stripped and maps), a profile of where the adapter's extra time goes, the SCM module alone (Triton at
-# 1, 2, 4 and 8 warps too), and the box sweep at 224 px. Each step's output is saved as
+# 1, 2, 4 and 8 warps too), the dense block's matmuls in float32, TF32 and 3xTF32, and the box sweep at 224 px. Each step's output is saved as
 # ${OUT:-gpu-checks}/<step>.txt, the benchmark table also as benchmark_table.md, the exit codes in
 # summary.txt; the script exits 1 if any step failed. Copy the figures into docs/benchmarks.md.
 #   bash benchmarks/gpu_checks.sh                         # QUICK=1 for a short smoke run (also on a CPU)
@@ -39,21 +39,23 @@ if [ "$quick" = 1 ]; then
     run auto_self_check 45 python benchmarks/check_auto.py --device "$device" --grid 2 3 --batch 2 --classes 3 \
         --iters 1 --repeats 1
     run sync_step 45 "${pytest[@]}" -rA tests/test_sync.py
-    run benchmark 120 python benchmarks/benchmark.py --device "$device" --batch 2 --depth 1 --steps 1 --warmup 1 \
+    run benchmark 90 python benchmarks/benchmark.py --device "$device" --batch 2 --depth 1 --steps 1 --warmup 1 \
         --out "$out/benchmark_table.md"
     run profile 60 python benchmarks/profile_step.py --device "$device" --batch 2 --depth 1 --steps 1 --warmup 1
     interpret=$([ "$device" = cpu ] && echo 1 || echo 0)  # Triton's columns under the interpreter on a CPU
     run bench_scm_ops 60 env TRITON_INTERPRET=$interpret python benchmarks/bench_scm_ops.py --device "$device" \
         --batch 2 --grid 4 4 --repeats 1 --num-warps 1 2
+    run bench_ns_matmul 30 python benchmarks/bench_ns_matmul.py --device "$device" --batch 2 --repeats 1 --flops
     run bench_boxes 30 python benchmarks/bench_boxes.py --device "$device" --num-maps 64 --repeats 1
 else
-    run tests 75 "${pytest[@]}" tests/test_boxes.py::test_cuda_matches_cpu tests/test_ops.py
+    run tests 70 "${pytest[@]}" tests/test_boxes.py::test_cuda_matches_cpu tests/test_ops.py
     run auto_self_check 40 python benchmarks/check_auto.py
     run sync_step 40 "${pytest[@]}" -rA tests/test_sync.py
-    run benchmark 200 python benchmarks/benchmark.py --out "$out/benchmark_table.md"
+    run benchmark 175 python benchmarks/benchmark.py --out "$out/benchmark_table.md"
     run profile 45 python benchmarks/profile_step.py
     run bench_scm_ops 45 python benchmarks/bench_scm_ops.py --device cuda --batch 16 128 --grid 14 14 --grid 28 28 \
         --repeats 3 --num-warps 1 2 4 8
+    run bench_ns_matmul 30 python benchmarks/bench_ns_matmul.py --flops
     run bench_boxes 35 python benchmarks/bench_boxes.py --device cuda --size 224
 fi
 cat "$out/summary.txt"

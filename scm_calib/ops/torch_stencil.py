@@ -158,6 +158,15 @@ def _pair_entries(matrix: torch.Tensor, h: int, w: int) -> Planes:
     return centre, east, south
 
 
+def _square_matmul(a: torch.Tensor, b: torch.Tensor, add: torch.Tensor | None = None) -> torch.Tensor:
+    """``add + a @ b`` for batches of dense (B, N, N) matrices: the O(N^3) work of the Newton-Schulz path.
+
+    Both of its N x N products go through here, so that ``benchmarks/bench_ns_matmul.py`` can time and check the
+    path with other matmul precisions.
+    """
+    return torch.bmm(a, b) if add is None else torch.baddbmm(add, a, b)
+
+
 def _doubling_sums(vectors: torch.Tensor, residuals: torch.Tensor) -> list[torch.Tensor]:
     """``S_{2^k} V`` for ``k = 0..K-1``, ``S_n = sum_{j<n} R^j``, from ``residuals[k] = R^(2^k)``.
 
@@ -204,7 +213,7 @@ class _NewtonSchulzDiffusion(torch.autograd.Function):
         negated = tuple(-plane for plane in planes)
         for residual in residuals:
             _times_operator(transposed, negated, out=residual).diagonal(dim1=1, dim2=2).add_(1.0)
-            transposed = torch.baddbmm(transposed, residual, transposed)
+            transposed = _square_matmul(residual, transposed, add=transposed)
         ctx.save_for_backward(attn, centre, east, south, residuals, transposed)
         ctx.alpha = alpha
         return (transposed @ attn.reshape(batch, n, 1)).reshape(batch, h, w)
@@ -225,7 +234,7 @@ class _NewtonSchulzDiffusion(torch.autograd.Function):
         pairs = _doubling_sums(weighted, residuals)
         sandwich = pairs[0] @ pairs[0].flip(2).transpose(1, 2)
         for residual, pair in zip(residuals[1:], pairs[1:], strict=True):
-            half = residual @ sandwich
+            half = _square_matmul(residual, sandwich)
             sandwich = torch.baddbmm(half + half.transpose(1, 2), pair, pair.flip(2).transpose(1, 2))
         grad_centre, grad_east, grad_south = _pair_entries(sandwich, h, w)
         scale = -(alpha**2)
