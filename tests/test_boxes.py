@@ -1,9 +1,12 @@
 """Tests of scm_calib.boxes: hand-built maps with known boxes, the component engine, and the torch path
 against OpenCV."""
 
+from collections.abc import Callable
+
 import numpy as np
 import pytest
 import torch
+from torch.utils._python_dispatch import TorchDispatchMode
 
 from scm_calib import boxes as B
 from scm_calib.boxes import opencv as cv2_backend
@@ -407,3 +410,39 @@ def test_boxes_modules_are_small_and_maps_stands_alone(module: str) -> None:
     if module == "maps":
         imports = [node for node in ast.walk(ast.parse(source)) if isinstance(node, ast.ImportFrom)]
         assert all(node.level == 0 and not (node.module or "").startswith("scm_calib") for node in imports)
+
+
+def _dispatched_ops(fn: Callable[[], object]) -> int:
+    """How many aten ops ``fn`` dispatches (each a kernel launch on a GPU)."""
+
+    class Count(TorchDispatchMode):
+        ops = 0
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # noqa: ANN001, ANN204
+            Count.ops += 1
+            return func(*args, **(kwargs or {}))
+
+    with Count():
+        fn()
+    return Count.ops
+
+
+def test_pad_boxes_pads_like_a_loop_over_the_images() -> None:
+    generator = torch.Generator().manual_seed(0)
+    gt = [torch.randint(0, 50, (1 + i % 3, 2, 2), generator=generator).sort(dim=1).values.flatten(1) for i in range(7)]
+    gt[2] = gt[2].numpy()  # arrays and float tensors too
+    gt[3] = gt[3].float()
+    out, valid = B.pad_boxes(gt)
+    assert out.shape == (7, 3, 4) and out.dtype == torch.float64 and valid.sum() == sum(len(g) for g in gt)
+    for i, boxes in enumerate(gt):
+        k = len(boxes)
+        assert torch.equal(out[i, :k], torch.as_tensor(boxes, dtype=torch.float64))
+        assert valid[i, :k].all() and not valid[i, k:].any() and not out[i, k:].any()
+
+
+def test_pad_boxes_works_on_the_whole_batch_at_once() -> None:
+    """A fixed number of ops whatever the batch: per-image ops cost a kernel launch (and a sync) each on a GPU."""
+    boxes = torch.tensor([[1, 2, 5, 6]])
+    for per_image in ([boxes] * 8, [boxes.repeat(1 + i % 2, 1) for i in range(8)]):
+        small, large = per_image[:4], per_image * 50
+        assert _dispatched_ops(lambda s=small: B.pad_boxes(s)) == _dispatched_ops(lambda s=large: B.pad_boxes(s))

@@ -6,6 +6,8 @@ wsolevaluation (Choe et al., "Evaluating Weakly Supervised Object Localization M
 
 from __future__ import annotations
 
+import bisect
+import itertools
 from collections.abc import Sequence
 
 import numpy as np
@@ -72,17 +74,30 @@ def pad_boxes(gt_boxes: Sequence[Tensor], device: torch.device | None = None) ->
     """
     boxes = [_as_box_set(b, i) for i, b in enumerate(gt_boxes)]
     device = boxes[0].device if device is None and boxes else device
-    k = max((b.shape[0] for b in boxes), default=0)
-    out = torch.zeros(len(boxes), k, 4, dtype=torch.float64, device=device)
-    valid = torch.zeros(len(boxes), k, dtype=torch.bool, device=device)
-    for i, b in enumerate(boxes):
-        out[i, : b.shape[0]] = b.to(device=device, dtype=torch.float64)
-        valid[i, : b.shape[0]] = True
-    return out, valid
+    counts = [b.shape[0] for b in boxes]
+    k = max(counts, default=0)
+    if not boxes:
+        return torch.zeros(0, 0, 4, dtype=torch.float64, device=device), torch.zeros(
+            0, 0, dtype=torch.bool, device=device
+        )
+    # One concatenation, one value check and one scatter for the whole batch, whatever its size: a loop of small
+    # ops per image would cost a kernel launch each, and a host sync each, on a GPU.
+    same = len({(b.device, b.dtype) for b in boxes}) == 1
+    flat = torch.cat(boxes if same else [b.to(device=device, dtype=torch.float64) for b in boxes])
+    flat = flat.to(device=device, dtype=torch.float64)
+    _check_box_values(flat, counts)
+    if all(count == k for count in counts):
+        return flat.view(len(boxes), k, 4), torch.ones(len(boxes), k, dtype=torch.bool, device=device)
+    sizes = torch.tensor(counts)
+    image = torch.repeat_interleave(torch.arange(len(boxes)), sizes)
+    row = torch.arange(len(flat)) - (torch.cumsum(sizes, 0) - sizes)[image]
+    out = flat.new_zeros(len(boxes) * k, 4).index_copy_(0, (image * k + row).to(device), flat)
+    valid = (torch.arange(k) < sizes[:, None]).to(device)
+    return out.view(len(boxes), k, 4), valid
 
 
 def _as_box_set(boxes: Tensor | np.ndarray | Sequence[float], image: int) -> Tensor:
-    """One image's ground-truth boxes as a checked (K, 4) tensor."""
+    """One image's ground-truth boxes as a (K, 4) tensor, its shape and dtype checked (not its values)."""
     b = torch.as_tensor(boxes)
     if b.dim() == 1 and b.numel() == 4:
         b = b[None]
@@ -95,16 +110,20 @@ def _as_box_set(boxes: Tensor | np.ndarray | Sequence[float], image: int) -> Ten
         raise ValueError(f"image {image} has no ground-truth box; every image needs at least one (K_i >= 1).")
     if b.dtype == torch.bool or b.is_complex():
         raise TypeError(f"image {image}: ground-truth boxes must be real pixel coordinates, got {b.dtype}.")
-    b64 = b.to(torch.float64)
-    bad = torch.isnan(b64).any(1) | (b64 < 0).any(1) | (b64[:, 2] < b64[:, 0]) | (b64[:, 3] < b64[:, 1])
+    return b
+
+
+def _check_box_values(flat: Tensor, counts: list[int]) -> None:
+    """Every box of the batch (rows of ``flat``, ``counts[i]`` of image ``i``) is a valid ``[x0, y0, x1, y1]``."""
+    bad = torch.isnan(flat).any(1) | (flat < 0).any(1) | (flat[:, 2] < flat[:, 0]) | (flat[:, 3] < flat[:, 1])
     if bool(bad.any()):
-        box = b64[int(bad.nonzero()[0, 0])].tolist()
+        row = int(bad.nonzero()[0, 0])
+        image = bisect.bisect_right(list(itertools.accumulate(counts)), row)
         raise ValueError(
-            f"image {image}: ground-truth box {box} is not [x0, y0, x1, y1] with 0 <= x0 <= x1 and 0 <= y0 <= y1 "
-            "(NaN, negative or inverted); fix the annotation or its conversion, e.g. (x, y, w, h) to "
+            f"image {image}: ground-truth box {flat[row].tolist()} is not [x0, y0, x1, y1] with 0 <= x0 <= x1 and "
+            "0 <= y0 <= y1 (NaN, negative or inverted); fix the annotation or its conversion, e.g. (x, y, w, h) to "
             "(x, y, x + w, y + h)."
         )
-    return b
 
 
 def check_in_frame(gt: Tensor, valid: Tensor, height: int, width: int) -> None:
