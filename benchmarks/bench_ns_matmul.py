@@ -23,17 +23,16 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import statistics
 import sys
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+sys.path[:0] = [str(Path(__file__).resolve().parent), str(Path(__file__).resolve().parents[1] / "tests")]
 
+from benchmark import measure  # noqa: E402  (median ms, the benchmarks' one timer)
 from reference_scm import ReferenceSCM  # noqa: E402  (the dense formulas of the official code)
 
 from scm_calib import SCM  # noqa: E402
@@ -88,20 +87,6 @@ def square_products(product: Callable[[torch.Tensor, torch.Tensor], torch.Tensor
         yield
     finally:
         torch_stencil._square_matmul = chosen
-
-
-def median_ms(fn: Callable[[], object], device: torch.device, repeats: int) -> float:
-    fn()
-    times = []
-    for _ in range(repeats):
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        start = time.perf_counter()
-        fn()
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        times.append(1e3 * (time.perf_counter() - start))
-    return statistics.median(times)
 
 
 def diffusion_step(
@@ -171,7 +156,7 @@ def main() -> None:
     print("|---|---|---|---|")
     for label, fn in variants.items():
         with fp32_matmul("ieee"):
-            ms = median_ms(fn, device, args.repeats)
+            ms = measure(fn, device, args.repeats, warmup=1)[0]
             error = ((fn().double() - exact).abs().max() / exact.abs().max()).item()
         print(f"| {label} | {ms:.3f} | {flop / ms / 1e9:.2f} | {error:.1e} |")
 
@@ -188,7 +173,7 @@ def main() -> None:
     for label, product in PRODUCTS.items():
         with fp32_matmul("ieee"), square_products(product):
             error = largest_difference(step(), expected)
-            ms = median_ms(step, device, args.repeats)
+            ms = measure(step, device, args.repeats, warmup=1)[0]
         print(f"| {label} | {ms:.2f} | {error:.1e} |")
 
 
