@@ -377,3 +377,44 @@ def test_triton_kernels_compile_for_a_hopper_gpu_without_spills(kernel: str, mon
         # no read bypasses the coherent cache.
         barriers = inspect.getsource(script.KERNELS[kernel].fn).count("tl.debug_barrier()")
         assert figures["bar_syncs"] == barriers > 0 and figures["noncoherent_loads"] == 0
+
+
+@pytest.fixture
+def tf32_flag() -> Iterator[None]:
+    """Restores ``torch.backends.cuda.matmul.fp32_precision`` (settable without a GPU) and the one-time warning.
+
+    ``torch.set_float32_matmul_precision("high")`` and ``allow_tf32 = True`` set that flag to ``"tf32"`` too, but
+    they also change the CPU's matmul precision, which a test could not restore exactly."""
+    previous = torch.backends.cuda.matmul.fp32_precision
+    torch_stencil._warn_tf32.cache_clear()
+    yield
+    torch.backends.cuda.matmul.fp32_precision = previous
+    torch_stencil._warn_tf32.cache_clear()
+
+
+@pytest.mark.parametrize(
+    ("setting", "expected"),
+    [
+        (lambda: setattr(torch.backends.cuda.matmul, "fp32_precision", "tf32"), True),
+        (lambda: setattr(torch.backends.cuda.matmul, "fp32_precision", "ieee"), False),
+        (lambda: None, False),
+    ],
+    ids=["tf32", "ieee", "default"],
+)
+def test_tf32_in_use_reads_the_cuda_matmul_flag(tf32_flag: None, setting: Callable, expected: bool) -> None:
+    setting()
+    assert torch_stencil.tf32_in_use(torch.device("cuda")) is expected
+    assert not torch_stencil.tf32_in_use(CPU)  # CPU matmuls do not follow the CUDA flag
+
+
+def test_dense_path_warns_once_where_tf32_is_on(tf32_flag: None, monkeypatch: pytest.MonkeyPatch) -> None:
+    maps, attn, _ = _inputs(1, 3, 3, 4, torch.float32)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        diffuse(maps, attn, 1.0, 16, backend="torch")  # float32 matmuls: no warning
+    monkeypatch.setattr(torch_stencil, "tf32_in_use", lambda device: True)  # as on a GPU with TF32 on
+    with pytest.warns(RuntimeWarning, match=r"TF32.*about 2 % off.*fp32_precision = 'ieee'") as caught:
+        for _ in range(3):
+            diffuse(maps, attn, 1.0, 16, backend="torch")
+            diffuse(maps, attn, 1.0, 2, backend="torch")  # the chain has no matmul: nothing to warn about
+    assert len([w for w in caught if issubclass(w.category, RuntimeWarning)]) == 1

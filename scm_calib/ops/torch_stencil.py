@@ -16,6 +16,9 @@ Two exact evaluations of the same function and of the same (detached ``P_0``) gr
   of the forward in a doubling recursion: one dense matmul per iteration. Cost O(K * N^3) per image.
 """
 
+import functools
+import warnings
+
 import torch
 import torch.nn.functional as F
 
@@ -241,6 +244,38 @@ class _NewtonSchulzDiffusion(torch.autograd.Function):
         return grad_attn, 0.5 * scale * grad_centre, scale * grad_east, scale * grad_south, None, None
 
 
+def tf32_in_use(device: torch.device) -> bool:
+    """Whether float32 matmuls on ``device`` run in TF32: CUDA with ``torch.backends.cuda.matmul.fp32_precision``
+    ``"tf32"``. That flag is set by ``torch.set_float32_matmul_precision("high")`` or ``"medium"`` and by
+    ``allow_tf32 = True`` too."""
+    return device.type == "cuda" and torch.backends.cuda.matmul.fp32_precision == "tf32"
+
+
+@functools.cache
+def _warn_tf32() -> None:
+    warnings.warn(
+        "scm_calib: float32 matmuls run in TF32 (torch.backends.cuda.matmul.fp32_precision == 'tf32', set by "
+        "torch.set_float32_matmul_precision('high') or allow_tf32 = True). The dense Newton-Schulz products of SCM's "
+        "blocks with many iterations (the first, K = 16, by default) amplify TF32's rounding: their output and "
+        "gradients are then about 2 % off their float32 values (docs/operator.md, 'TF32 and the dense block'). Set "
+        "torch.backends.cuda.matmul.fp32_precision = 'ieee' (PyTorch's default) to compute SCM exactly.",
+        RuntimeWarning,
+        stacklevel=3,
+    )
+
+
+def dense_diffusion(
+    attn: torch.Tensor, centre: torch.Tensor, east: torch.Tensor, south: torch.Tensor, num_iters: int, alpha: float
+) -> torch.Tensor:
+    """``u`` by dense Newton-Schulz (``_NewtonSchulzDiffusion``), for any backend's blocks with large ``K``.
+
+    Warns once per process where the float32 matmuls run in TF32 (see :func:`tf32_in_use`).
+    """
+    if not torch.compiler.is_compiling() and tf32_in_use(attn.device):
+        _warn_tf32()
+    return _NewtonSchulzDiffusion.apply(attn, centre, east, south, num_iters, alpha)
+
+
 def diffuse_torch(
     maps: torch.Tensor, attn: torch.Tensor, lam: torch.Tensor | float, num_iters: int, alpha: float, eps: float
 ) -> torch.Tensor:
@@ -260,4 +295,4 @@ def diffuse_torch(
     planes = stencil_coefficients(maps, lam, eps)
     if 2**num_iters <= CHAIN_MAX_TERMS:
         return _ChainDiffusion.apply(attn, *planes, num_iters, alpha)
-    return _NewtonSchulzDiffusion.apply(attn, *planes, num_iters, alpha)
+    return dense_diffusion(attn, *planes, num_iters, alpha)

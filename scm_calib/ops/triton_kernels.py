@@ -17,7 +17,7 @@ import triton.language as tl
 from scm_calib.ops.torch_stencil import (
     CHAIN_MAX_TERMS,
     _ChainDiffusion,
-    _NewtonSchulzDiffusion,
+    dense_diffusion,
     stencil_coefficients,
 )
 
@@ -235,7 +235,7 @@ def diffuse_triton(
     centre, east, south = stencil_coefficients(maps, lam, eps)
     _, h, w = attn.shape
     if 2**num_iters > CHAIN_MAX_TERMS:
-        return _NewtonSchulzDiffusion.apply(attn, centre, east, south, num_iters, alpha)
+        return dense_diffusion(attn, centre, east, south, num_iters, alpha)
     if h * w > MAX_NODES:
         return _ChainDiffusion.apply(attn, centre, east, south, num_iters, alpha)
     east, south = F.pad(east, (0, 1)), F.pad(south, (0, 0, 0, 1))
