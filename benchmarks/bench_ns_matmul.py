@@ -37,6 +37,7 @@ from reference_scm import ReferenceSCM  # noqa: E402  (the dense formulas of the
 
 from scm_calib import SCM  # noqa: E402
 from scm_calib.ops import diffuse, torch_stencil  # noqa: E402
+from scm_calib.ops.selection import _relative_error as largest_difference  # noqa: E402  (the tolerance's measure)
 
 
 @contextlib.contextmanager
@@ -102,12 +103,6 @@ def diffusion_step(
         return [u.detach(), *torch.autograd.grad((u * probe.to(dtype)).sum(), (m, a, lam))]
 
     return run
-
-
-def largest_difference(actual: list[torch.Tensor], expected: list[torch.Tensor]) -> float:
-    """Largest ``|a - e| / (|e| + max |e|)`` over the tensors (the tolerance's measure)."""
-    pairs = zip(actual, expected, strict=True)
-    return max(((a.double() - e).abs() / (e.abs() + e.abs().max())).max().item() for a, e in pairs)
 
 
 def main() -> None:

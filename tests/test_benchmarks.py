@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-import importlib.util
 import re
-from pathlib import Path
-from types import ModuleType
 
 import pytest
 import torch
+from conftest import BENCHMARKS, benchmark_script
 
-SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "gpu_checks.sh"
+SCRIPT = BENCHMARKS / "gpu_checks.sh"
 STEP = re.compile(r"^\s+run (\w+) (\d+) ", re.MULTILINE)
 
 
@@ -32,16 +30,8 @@ def test_gpu_checks_time_limits_add_up_to_eight_minutes(mode: str) -> None:
     assert sum(int(limit) for _, limit in steps) <= 8 * 60
 
 
-def _script(name: str) -> ModuleType:
-    path = SCRIPT.parent / f"{name}.py"
-    spec = importlib.util.spec_from_file_location(name, path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def test_tf32_rounding_keeps_ten_mantissa_bits() -> None:
-    script = _script("bench_ns_matmul")
+    script = benchmark_script("bench_ns_matmul")
     x = torch.randn(1000, generator=torch.Generator().manual_seed(0))
     rounded = script.to_tf32(x)
     assert torch.equal(script.to_tf32(rounded), rounded)
@@ -51,7 +41,7 @@ def test_tf32_rounding_keeps_ten_mantissa_bits() -> None:
 
 def test_the_documented_tf32_finding_on_a_small_grid() -> None:
     """TF32 products put the K = 16 diffusion far outside the tolerance, 3xTF32 does not (docs/operator.md)."""
-    script = _script("bench_ns_matmul")
+    script = benchmark_script("bench_ns_matmul")
     generator = torch.Generator().manual_seed(0)
     maps, attn, probe = torch.randn(2, 8, 6, 6, generator=generator), torch.rand(2, 6, 6), torch.randn(2, 6, 6)
     expected = script.diffusion_step(maps, attn, probe, 16, torch.float64)()

@@ -1,17 +1,16 @@
 """The diffusion operator of SCM (``scm_calib.ops``) against the dense reference of ``tests/reference_scm.py``."""
 
 import importlib
-import importlib.util
 import inspect
 import os
 import time
 import warnings
 from collections.abc import Callable, Iterator
-from pathlib import Path
 from types import ModuleType
 
 import pytest
 import torch
+from conftest import benchmark_script
 from reference_scm import reference_diffuse
 
 import scm_calib.ops as ops
@@ -353,11 +352,7 @@ def _compile_script() -> ModuleType:
     if not ops.triton_available():
         pytest.skip("triton is not installed")
     pytest.importorskip("triton.backends.nvidia.compiler")
-    path = Path(__file__).resolve().parents[1] / "benchmarks" / "compile_kernels.py"
-    spec = importlib.util.spec_from_file_location("compile_kernels", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return benchmark_script("compile_kernels")
 
 
 @pytest.mark.parametrize("kernel", ["forward", "backward"])

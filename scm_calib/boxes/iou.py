@@ -74,12 +74,11 @@ def pad_boxes(gt_boxes: Sequence[Tensor], device: torch.device | None = None) ->
     """
     boxes = [_as_box_set(b, i) for i, b in enumerate(gt_boxes)]
     device = boxes[0].device if device is None and boxes else device
-    counts = [b.shape[0] for b in boxes]
-    k = max(counts, default=0)
     if not boxes:
-        return torch.zeros(0, 0, 4, dtype=torch.float64, device=device), torch.zeros(
-            0, 0, dtype=torch.bool, device=device
-        )
+        empty = torch.zeros(0, 0, 4, dtype=torch.float64, device=device)
+        return empty, empty[..., 0].bool()
+    counts = [b.shape[0] for b in boxes]
+    k = max(counts)
     # One concatenation, one value check and one scatter for the whole batch, whatever its size: a loop of small
     # ops per image would cost a kernel launch each, and a host sync each, on a GPU.
     same = len({(b.device, b.dtype) for b in boxes}) == 1
