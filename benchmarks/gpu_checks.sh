@@ -60,10 +60,10 @@ if [ "$quick" = 1 ]; then
     run bench_ns_matmul 30 "$python" benchmarks/bench_ns_matmul.py --device "$device" --batch 2 --repeats 1 --flops
     run bench_boxes 30 "$python" benchmarks/bench_boxes.py --device "$device" --num-maps 64 --repeats 1
 else
-    run tests 70 "${pytest[@]}" tests/test_boxes.py::test_cuda_matches_cpu tests/test_ops.py
+    run tests 100 "${pytest[@]}" tests/test_boxes.py::test_cuda_matches_cpu tests/test_ops.py
     run auto_self_check 40 "$python" benchmarks/check_auto.py
     run sync_step 40 "${pytest[@]}" -rA tests/test_sync.py
-    run benchmark 175 "$python" benchmarks/benchmark.py --out "$out/benchmark_table.md"
+    run benchmark 145 "$python" benchmarks/benchmark.py --out "$out/benchmark_table.md"
     run profile 45 "$python" benchmarks/profile_step.py
     run bench_scm_ops 45 "$python" benchmarks/bench_scm_ops.py --device cuda --batch 16 128 --grid 14 14 --grid 28 28 \
         --repeats 3 --num-warps 1 2 4 8
