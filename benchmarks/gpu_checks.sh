@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
 # Every GPU check and benchmark in one run, for a machine with one CUDA GPU. The steps' time limits add up
-# to 8 minutes (480 s): the CUDA tests, the self-check of backend="auto" (its decision and timings), a
+# to 8.5 minutes (510 s): the CUDA tests, the self-check of backend="auto" (its decision and timings), a
 # training step under torch.cuda.set_sync_debug_mode("error"), the benchmark table (DeiT-S, batch 128,
 # bf16 and fp32: bare timm, original-like, torch and Triton operator; SCM blocks alone; inference bare,
-# stripped and maps), a profile of where the adapter's extra time goes, the SCM module alone (Triton at
+# stripped and maps), a profile of where the adapter's extra time goes and of the SCM blocks alone, the SCM module alone (Triton at
 # 1, 2, 4 and 8 warps too), the dense block's matmuls in float32, TF32 and 3xTF32, and the box sweep at 224 px. Each step's output is saved as
 # ${OUT:-gpu-checks}/<step>.txt, the benchmark table also as benchmark_table.md, the exit codes in
 # summary.txt; the script exits 1 if any step failed. Copy the figures into docs/benchmarks.md.
@@ -54,6 +54,7 @@ if [ "$quick" = 1 ]; then
     run benchmark 90 "$python" benchmarks/benchmark.py --device "$device" --batch 2 --depth 1 --steps 1 --warmup 1 \
         --out "$out/benchmark_table.md"
     run profile 60 "$python" benchmarks/profile_step.py --device "$device" --batch 2 --depth 1 --steps 1 --warmup 1
+    run profile_scm 30 "$python" benchmarks/profile_step.py --scm-alone --device "$device" --batch 2 --steps 1 --warmup 1
     interpret=$([ "$device" = cpu ] && echo 1 || echo 0)  # Triton's columns under the interpreter on a CPU
     run bench_scm_ops 60 env TRITON_INTERPRET=$interpret "$python" benchmarks/bench_scm_ops.py --device "$device" \
         --batch 2 --grid 4 4 --repeats 1 --num-warps 1 2
@@ -65,6 +66,7 @@ else
     run sync_step 40 "${pytest[@]}" -rA tests/test_sync.py
     run benchmark 145 "$python" benchmarks/benchmark.py --out "$out/benchmark_table.md"
     run profile 45 "$python" benchmarks/profile_step.py
+    run profile_scm 30 "$python" benchmarks/profile_step.py --scm-alone
     run bench_scm_ops 45 "$python" benchmarks/bench_scm_ops.py --device cuda --batch 16 128 --grid 14 14 --grid 28 28 \
         --repeats 3 --num-warps 1 2 4 8
     run bench_ns_matmul 30 "$python" benchmarks/bench_ns_matmul.py --flops

@@ -1,11 +1,14 @@
 """Where a training step's extra time goes with SCM: a torch.profiler table of the adapter against bare timm.
 
 Profiles the same training step (forward, backward, AdamW) as ``benchmarks/benchmark.py`` for the bare timm
-model and for ``SCMAdapter`` with each operator, and prints, per operator, the ops and kernels whose own
+model and for ``SCMAdapter`` with each operator, and prints, per operator, the kernels (CUDA) or ops (CPU) whose own
 time grows most from the bare model to the adapter (the time SCM adds, by kernel), then the adapter's
-own top kernels. Device time on CUDA, CPU time elsewhere; times are per step.
+own top kernels. Device time on CUDA, CPU time elsewhere; times are per step. With ``--scm-alone`` it
+profiles the 4 SCM blocks alone instead (forward + backward on random float32 maps and attention, the
+benchmark's "SCM blocks alone" row): the kernels the SCM time is made of, per operator.
 
     python benchmarks/profile_step.py                                # CUDA: DeiT-S, batch 128, bf16
+    python benchmarks/profile_step.py --scm-alone                    # CUDA: the SCM blocks, batch 128, 14 x 14
     python benchmarks/profile_step.py --device cpu --batch 2 --depth 1 --steps 1
 """
 
@@ -18,6 +21,7 @@ import logging
 import timm
 import torch
 from benchmark import train_step
+from torch.autograd import DeviceType
 from torch.profiler import ProfilerActivity, profile
 
 from scm_calib import SCM, SCMAdapter
@@ -25,7 +29,7 @@ from scm_calib.ops import triton_available
 
 
 def own_times_us(step: object, device: torch.device, steps: int, warmup: int) -> dict[str, float]:
-    """Own time of every op and kernel per step, in microseconds (device time on CUDA)."""
+    """Own time per step in microseconds: of every kernel on CUDA (device time), of every op elsewhere."""
     for _ in range(warmup):
         step()
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
@@ -36,8 +40,11 @@ def own_times_us(step: object, device: torch.device, steps: int, warmup: int) ->
             step()
         if device.type == "cuda":
             torch.cuda.synchronize()
-    field = "self_device_time_total" if device.type == "cuda" else "self_cpu_time_total"
-    times = {event.key: getattr(event, field) / steps for event in prof.key_averages()}
+    if device.type == "cuda":  # the kernels alone: an op's own device time repeats that of its kernels
+        events = [event for event in prof.key_averages() if event.device_type == DeviceType.CUDA]
+        times = {event.key: event.self_device_time_total / steps for event in events}
+    else:
+        times = {event.key: event.self_cpu_time_total / steps for event in prof.key_averages()}
     return {key: value for key, value in times.items() if value > 0}
 
 
@@ -48,6 +55,26 @@ def table(title: str, rows: list[tuple[str, float, float]], total: float, limit:
         share = f"{(adapter - bare) / total:.0%}" if total > 0 else "-"
         lines.append(f"| `{name}` | {bare:.0f} | {adapter:.0f} | {adapter - bare:+.0f} | {share} |")
     return lines + [""]
+
+
+def profile_scm_alone(args: argparse.Namespace, device: torch.device, backends: list[str], where: str) -> None:
+    """The kernels of the 4 SCM blocks' forward + backward alone, per operator (largest first)."""
+    maps = torch.randn(args.batch, args.classes, 14, 14, device=device, requires_grad=True)
+    attn = torch.rand(args.batch, 14, 14, device=device, requires_grad=True)
+    print(f"profile: SCM blocks alone, batch {args.batch}, {args.classes} classes, 14x14, float32, {where}")
+    for backend in backends:
+        scm = SCM(backend=backend).to(device)
+
+        def step(scm: torch.nn.Module = scm) -> None:
+            out, out_attn = scm(maps, attn)
+            (out.sum() + out_attn.sum()).backward()
+
+        times = own_times_us(step, device, args.steps, args.warmup)
+        total = sum(times.values())
+        print(f"\n{backend} operator: {total / 1e3:.2f} ms per forward + backward (sum of own times)\n")
+        print("| op or kernel | us | share |\n|---|---|---|")
+        for key, value in sorted(times.items(), key=lambda item: item[1], reverse=True)[: args.rows]:
+            print(f"| `{key if len(key) <= 90 else key[:87] + '...'}` | {value:.0f} | {value / total:.0%} |")
 
 
 def main() -> None:
@@ -61,6 +88,7 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--depth", type=int, default=None, help="override the model depth (quick CPU runs)")
     parser.add_argument("--rows", type=int, default=15)
+    parser.add_argument("--scm-alone", action="store_true", help="profile the SCM blocks alone (14 x 14 grid)")
     args = parser.parse_args()
     logging.getLogger("torch.profiler").setLevel(logging.ERROR)
     device = torch.device(args.device)
@@ -77,12 +105,15 @@ def main() -> None:
 
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU"
     clock = "device" if device.type == "cuda" else "CPU"
+    backends = ["torch"] + (["triton"] if device.type == "cuda" and triton_available() else [])
+    if args.scm_alone:
+        profile_scm_alone(args, device, backends, f"{name}, {clock} time per step, torch {torch.__version__}")
+        return
     print(
         f"profile: {name}, {args.model}, batch {args.batch}, {args.precision}, {clock} time per step, "
         f"torch {torch.__version__}"
     )
     bare = own_times_us(train_step(model(), x, y, autocast), device, args.steps, args.warmup)
-    backends = ["torch"] + (["triton"] if device.type == "cuda" and triton_available() else [])
     for backend in backends:
         adapter = SCMAdapter(model(), scm=SCM(backend=backend).to(device))
         mine = own_times_us(train_step(adapter, x, y, autocast), device, args.steps, args.warmup)

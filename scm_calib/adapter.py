@@ -135,9 +135,12 @@ class SCMAdapter(nn.Module):
             as the paper (not the blocks of SCM, ``scm.blocks``).
         capture_mode: ``"auto"``, ``"rows"`` or ``"probs"`` (see :mod:`scm_calib.capture`); the hooks that record
             the attention are ``self.capture``.
+        eps: the epsilon of the attention min-max normalisation.
 
     The keywords ``head``, ``blocks`` and ``capture`` (the names of 0.1) still work for one release and warn.
-        eps: the epsilon of the attention min-max normalisation.
+
+    The conv head is built on the model's device and in its floating-point dtype, and ``scm`` is moved to the
+    model's device, so a model already on a GPU is wrapped in one line; ``adapter.to(...)`` moves all of it.
 
     The adapter takes ``model`` over instead of copying it (a copy of a large model would double its memory):
     it becomes ``adapter.encoder``, with its classifier reset (``head_type="conv"``), hooks registered and fused
@@ -185,11 +188,14 @@ class SCMAdapter(nn.Module):
         if not (math.isfinite(eps) and eps > 0):
             raise ValueError(f"eps must be a positive finite number, got {eps!r}.")
         self.capture = AttentionCapture(attentions, attention_blocks, capture_mode)
+        placement = _placement(model)
         if head_type == "conv":
             model.reset_classifier(0)
-            self.head: nn.Module = ConvHead(model.embed_dim, num_classes)
+            self.head: nn.Module = ConvHead(model.embed_dim, num_classes).to(**placement)
         else:
             self.head = LinearHead(model.head)
+        if scm is not None:
+            scm.to(device=placement.get("device"))  # SCM computes in float32 whatever the model's dtype
         setattr(model, _OWNED, True)
         self.encoder = model
         self.scm = scm
@@ -353,6 +359,14 @@ def _encoder_group_matcher(encoder: nn.Module, coarse: bool) -> dict[str, Any]:
 def _encoder_no_weight_decay(encoder: nn.Module) -> set[str]:
     """The timm encoder's parameters without weight decay, under the ``encoder.`` prefix."""
     return {f"encoder.{n}" for n in getattr(encoder, "no_weight_decay", set)()}
+
+
+def _placement(model: nn.Module) -> dict[str, Any]:
+    """``device`` and floating-point ``dtype`` of the model's parameters, for the modules built beside it."""
+    for parameter in model.parameters():
+        if parameter.is_floating_point():
+            return {"device": parameter.device, "dtype": parameter.dtype}
+    return {}
 
 
 def _check_linear_head(model: nn.Module) -> None:

@@ -218,6 +218,22 @@ def test_bf16_autocast_gives_finite_float_outputs():
     F.cross_entropy(out.logits, torch.tensor([0, 1])).backward()
 
 
+@pytest.mark.parametrize("head", ["conv", "linear"])
+def test_the_adapter_is_built_where_the_model_is(head):
+    """A model already on a device (``meta`` stands in for CUDA here) is wrapped in one line: the conv head is
+    built there, in the model's dtype, and the default SCM moves there too. On a GPU a head left on the CPU made
+    the first step fail inside ``conv2d`` ("Input type ... and bias type ... should be the same")."""
+    adapter = SCMAdapter(tiny_model("vit").to("meta", torch.bfloat16), head_type=head)
+    assert {p.device.type for p in adapter.parameters()} == {"meta"}
+    assert {p.dtype for p in adapter.head.parameters()} == {torch.bfloat16}
+    assert {p.dtype for p in adapter.scm.parameters()} == {torch.float32}
+    out = adapter(tiny_input("vit").to("meta", torch.bfloat16))
+    assert out.logits.device.type == "meta" and out.logits.shape == (2, 5)
+    own_scm = SCM()
+    assert SCMAdapter(tiny_model("vit").double(), scm=own_scm).head.conv.weight.dtype == torch.float64
+    assert next(own_scm.parameters()).device.type == "cpu"
+
+
 def test_torch_compile_traces_the_hooks():
     adapter = SCMAdapter(tiny_model("vit"))
     x = tiny_input("vit")
