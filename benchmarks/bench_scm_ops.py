@@ -12,6 +12,13 @@ variants take turns, and the median of the repeats is printed).
 
 ``--num-warps`` times the Triton backend once more for each warp count per program (instead of the count
 ``triton_kernels._launch_config`` picks for the grid), in the same run, as ``triton wN`` columns.
+
+``--graphs`` (CUDA) also times each backend replayed as a CUDA graph (``torch.cuda.make_graphed_callables``,
+forward and backward), as ``<backend> graph`` columns: the step without the host's launch overhead. It first
+checks the graphed module's outputs and gradients against the eager module's and prints the largest
+relative difference.
+
+    python benchmarks/bench_scm_ops.py --device cuda --batch 128 --graphs
 """
 
 import argparse
@@ -72,6 +79,29 @@ def _forward_backward(module: torch.nn.Module, maps: torch.Tensor, attn: torch.T
     return step
 
 
+def _graphed(module: torch.nn.Module, maps: torch.Tensor, attn: torch.Tensor, label: str) -> Callable[[], None] | None:
+    """``module``'s forward + backward replayed as CUDA graphs, after a check against the eager module (the
+    graphing replaces ``module.forward`` in place, so the eager results come first)."""
+
+    def results(run: Callable) -> list[torch.Tensor]:
+        x, a = maps.detach().clone().requires_grad_(), attn.detach().clone().requires_grad_()
+        calibrated, updated = run(x, a)
+        (calibrated.mean(dim=(2, 3)).logsumexp(dim=1).sum() + updated.sum()).backward()
+        return [calibrated.detach().clone(), updated.detach().clone(), x.grad, a.grad]
+
+    eager = results(module)
+    samples = (maps.detach().clone().requires_grad_(), attn.detach().clone().requires_grad_())
+    try:
+        graphed = torch.cuda.make_graphed_callables(module, samples)
+        replayed = results(graphed)
+    except Exception as error:  # noqa: BLE001 - a benchmark reports what failed and goes on
+        print(f"{label}: capture failed ({type(error).__name__}: {error})")
+        return None
+    worst = max(((r - e).abs().max() / e.abs().max()).item() for e, r in zip(eager, replayed, strict=True))
+    print(f"{label}: largest relative difference from eager (values, gradients) {worst:.1e}")
+    return _forward_backward(graphed, maps, attn)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--device", default="cpu")
@@ -80,6 +110,7 @@ def main() -> None:
     parser.add_argument("--grid", type=int, nargs=2, action="append", help="h w (repeatable); default 14 14")
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--num-warps", type=int, nargs="+", default=[], help="also time Triton at these warp counts")
+    parser.add_argument("--graphs", action="store_true", help="also time each backend as a CUDA graph (CUDA)")
     args = parser.parse_args()
     device = torch.device(args.device)
     interpreted = os.environ.get("TRITON_INTERPRET") == "1"  # Triton on CPU tensors (slow), to try the script
@@ -87,7 +118,8 @@ def main() -> None:
     warps = args.num_warps if "triton" in backends else []
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu ({torch.get_num_threads()} threads)"
     print(f"device: {name}, torch {torch.__version__}, SCM 4 blocks (16/4/4/4), forward+backward, float32")
-    columns = backends + [f"triton w{n}" for n in warps]
+    graphs = args.graphs and device.type == "cuda"
+    columns = backends + [f"triton w{n}" for n in warps] + [f"{b} graph" for b in backends if graphs]
     header = f"{'B':>4} {'C':>5} {'grid':>7} {'dense ms':>10}" + "".join(
         f" {c + ' ms':>13} {'x faster':>9}" for c in columns
     )
@@ -102,9 +134,17 @@ def main() -> None:
                 steps[backend] = _forward_backward(SCM(backend=backend).to(device), maps, attn)
             for n in warps:
                 steps[f"triton w{n}"] = _with_warps(_forward_backward(SCM(backend="triton").to(device), maps, attn), n)
+            for backend in backends if graphs else []:
+                label = f"{backend} graph"
+                graphed = _graphed(SCM(backend=backend).to(device), maps, attn, f"B={batch} {h}x{w} {label}")
+                if graphed is not None:
+                    steps[label] = graphed
             times = _time_ms(steps, device, args.repeats)
             row = f"{batch:>4} {args.classes:>5} {f'{h}x{w}':>7} {times['dense']:>10.1f}"
             for column in columns:
+                if column not in times:
+                    row += f" {'-':>13} {'-':>9}"
+                    continue
                 row += f" {times[column]:>13.2f} {times['dense'] / times[column]:>9.2f}"
             print(row)
 

@@ -1,12 +1,13 @@
 #!/usr/bin/env bash
 # Every GPU check and benchmark in one run, for a machine with one CUDA GPU. The steps' time limits add up
-# to 8.5 minutes (510 s): the CUDA tests, the self-check of backend="auto" (its decision and timings), a
-# training step under torch.cuda.set_sync_debug_mode("error"), the benchmark table (DeiT-S, batch 128,
-# bf16 and fp32: bare timm, original-like, torch and Triton operator; SCM blocks alone; inference bare,
-# stripped and maps), a profile of where the adapter's extra time goes and of the SCM blocks alone, the SCM module alone (Triton at
-# 1, 2, 4 and 8 warps too), the dense block's matmuls in float32, TF32 and 3xTF32, and the box sweep at 224 px. Each step's output is saved as
-# ${OUT:-gpu-checks}/<step>.txt, the benchmark table also as benchmark_table.md, the exit codes in
-# summary.txt; the script exits 1 if any step failed. Copy the figures into docs/benchmarks.md.
+# to 525 s: the CUDA tests, the self-check of backend="auto" (its decision and timings), a training step
+# under torch.cuda.set_sync_debug_mode("error"), the benchmark table (DeiT-S, batch 128, bf16 and fp32:
+# bare timm, original-like, torch and Triton operator; SCM blocks alone; inference bare, stripped and
+# maps), profiles of where the adapter's extra time goes (kernels, launches, host time) and of the SCM
+# blocks alone, the SCM module alone (Triton at 1, 2, 4 and 8 warps, and each backend as a CUDA graph),
+# the dense block's matmuls in float32, TF32 and 3xTF32, and the box sweep at 224 px. Each step's output
+# is saved as ${OUT:-gpu-checks}/<step>.txt, the benchmark table also as benchmark_table.md, the exit
+# codes in summary.txt; the script exits 1 if any step failed. Copy the figures into docs/benchmarks.md.
 #   bash benchmarks/gpu_checks.sh                         # QUICK=1 for a short smoke run (also on a CPU)
 #   STEPS="benchmark profile" bash benchmarks/gpu_checks.sh   # only these steps (a rerun)
 set -uo pipefail
@@ -67,8 +68,8 @@ else
     run benchmark 145 "$python" benchmarks/benchmark.py --out "$out/benchmark_table.md"
     run profile 45 "$python" benchmarks/profile_step.py
     run profile_scm 30 "$python" benchmarks/profile_step.py --scm-alone
-    run bench_scm_ops 45 "$python" benchmarks/bench_scm_ops.py --device cuda --batch 16 128 --grid 14 14 --grid 28 28 \
-        --repeats 3 --num-warps 1 2 4 8
+    run bench_scm_ops 60 "$python" benchmarks/bench_scm_ops.py --device cuda --batch 16 128 --grid 14 14 --grid 28 28 \
+        --repeats 3 --num-warps 1 2 4 8 --graphs
     run bench_ns_matmul 30 "$python" benchmarks/bench_ns_matmul.py --flops
     run bench_boxes 35 "$python" benchmarks/bench_boxes.py --device cuda --size 224
 fi

@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import logging
+from typing import NamedTuple
 
 import timm
 import torch
@@ -28,8 +29,17 @@ from scm_calib import SCM, SCMAdapter
 from scm_calib.ops import triton_available
 
 
-def own_times_us(step: object, device: torch.device, steps: int, warmup: int) -> dict[str, float]:
-    """Own time per step in microseconds: of every kernel on CUDA (device time), of every op elsewhere."""
+class Profile(NamedTuple):
+    """Per step: own time of every kernel (CUDA, device time) or op (CPU) in microseconds, own host (CPU) time
+    of every op in microseconds, and the number of kernels launched (CUDA) or ops run (CPU)."""
+
+    times: dict[str, float]
+    host: dict[str, float]
+    launches: float
+
+
+def own_times_us(step: object, device: torch.device, steps: int, warmup: int) -> Profile:
+    """Profiles ``steps`` calls of ``step`` after ``warmup`` untimed ones (see :class:`Profile`)."""
     for _ in range(warmup):
         step()
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
@@ -40,12 +50,16 @@ def own_times_us(step: object, device: torch.device, steps: int, warmup: int) ->
             step()
         if device.type == "cuda":
             torch.cuda.synchronize()
+    events = prof.key_averages()
+    host_events = [event for event in events if event.device_type == DeviceType.CPU]
+    host = {event.key: event.self_cpu_time_total / steps for event in host_events}
     if device.type == "cuda":  # the kernels alone: an op's own device time repeats that of its kernels
-        events = [event for event in prof.key_averages() if event.device_type == DeviceType.CUDA]
-        times = {event.key: event.self_device_time_total / steps for event in events}
+        kernels = [event for event in events if event.device_type == DeviceType.CUDA]
+        times = {event.key: event.self_device_time_total / steps for event in kernels}
+        launches = sum(event.count for event in kernels) / steps
     else:
-        times = {event.key: event.self_cpu_time_total / steps for event in prof.key_averages()}
-    return {key: value for key, value in times.items() if value > 0}
+        times, launches = host, sum(event.count for event in host_events) / steps
+    return Profile({k: v for k, v in times.items() if v > 0}, {k: v for k, v in host.items() if v > 0}, launches)
 
 
 def table(title: str, rows: list[tuple[str, float, float]], total: float, limit: int) -> list[str]:
@@ -69,9 +83,12 @@ def profile_scm_alone(args: argparse.Namespace, device: torch.device, backends: 
             out, out_attn = scm(maps, attn)
             (out.sum() + out_attn.sum()).backward()
 
-        times = own_times_us(step, device, args.steps, args.warmup)
-        total = sum(times.values())
-        print(f"\n{backend} operator: {total / 1e3:.2f} ms per forward + backward (sum of own times)\n")
+        result = own_times_us(step, device, args.steps, args.warmup)
+        times, total = result.times, sum(result.times.values())
+        print(
+            f"\n{backend} operator: {total / 1e3:.2f} ms per forward + backward (sum of own times), "
+            f"{result.launches:.0f} kernels (CUDA) or ops (CPU), host {sum(result.host.values()) / 1e3:.2f} ms\n"
+        )
         print("| op or kernel | us | share |\n|---|---|---|")
         for key, value in sorted(times.items(), key=lambda item: item[1], reverse=True)[: args.rows]:
             print(f"| `{key if len(key) <= 90 else key[:87] + '...'}` | {value:.0f} | {value / total:.0%} |")
@@ -117,16 +134,27 @@ def main() -> None:
     for backend in backends:
         adapter = SCMAdapter(model(), scm=SCM(backend=backend).to(device))
         mine = own_times_us(train_step(adapter, x, y, autocast), device, args.steps, args.warmup)
-        rows = [(key, bare.get(key, 0.0), mine.get(key, 0.0)) for key in bare.keys() | mine.keys()]
+        rows = [
+            (key, bare.times.get(key, 0.0), mine.times.get(key, 0.0)) for key in bare.times.keys() | mine.times.keys()
+        ]
         added_total = sum(m for _, _, m in rows) - sum(b for _, b, _ in rows)
+        host_bare, host_mine = sum(bare.host.values()), sum(mine.host.values())
         print(
-            f"\n{backend} operator: bare {sum(bare.values()) / 1e3:.2f} ms, adapter {sum(mine.values()) / 1e3:.2f} ms "
-            f"of {clock} time per step, added {added_total / 1e3:+.2f} ms\n"
+            f"\n{backend} operator: bare {sum(bare.times.values()) / 1e3:.2f} ms, adapter "
+            f"{sum(mine.times.values()) / 1e3:.2f} ms of {clock} time per step, added {added_total / 1e3:+.2f} ms; "
+            f"kernels launched (CUDA) or ops run (CPU) per step: bare {bare.launches:.0f}, adapter "
+            f"{mine.launches:.0f}; host (CPU) time of the ops: bare {host_bare / 1e3:.2f} ms, adapter "
+            f"{host_mine / 1e3:.2f} ms\n"
         )
         grown = sorted(rows, key=lambda r: r[2] - r[1], reverse=True)
         print("\n".join(table("What SCM adds (largest growth first):", grown, added_total, args.rows)))
         top = sorted(rows, key=lambda r: r[2], reverse=True)
         print("\n".join(table("The adapter's own top ops and kernels:", top, added_total, args.rows)))
+        if device.type == "cuda":
+            host_rows = [(k, bare.host.get(k, 0.0), mine.host.get(k, 0.0)) for k in bare.host.keys() | mine.host.keys()]
+            host_rows.sort(key=lambda r: r[2] - r[1], reverse=True)
+            title = "Host (CPU) time SCM adds, by op (largest growth first):"
+            print("\n".join(table(title, host_rows, host_mine - host_bare, args.rows)))
 
 
 if __name__ == "__main__":

@@ -13,7 +13,8 @@ STEP = re.compile(r"^\s+run (\w+) (\d+) ", re.MULTILINE)
 
 
 @pytest.mark.parametrize("mode", ["quick", "full"])
-def test_gpu_checks_time_limits_add_up_to_eight_minutes(mode: str) -> None:
+def test_gpu_checks_time_limits_leave_a_rerun_in_the_device_budget(mode: str) -> None:
+    """The steps' limits add up to at most 9 minutes of the 15 a task gets: a rerun of the failed steps fits."""
     quick, full = SCRIPT.read_text().split("\nelse\n")
     steps = STEP.findall(quick if mode == "quick" else full)
     names = [name for name, _ in steps]
@@ -23,11 +24,12 @@ def test_gpu_checks_time_limits_add_up_to_eight_minutes(mode: str) -> None:
         "sync_step",
         "benchmark",
         "profile",
+        "profile_scm",
         "bench_scm_ops",
         "bench_ns_matmul",
         "bench_boxes",
     ]
-    assert sum(int(limit) for _, limit in steps) <= 8 * 60
+    assert sum(int(limit) for _, limit in steps) <= 9 * 60
 
 
 def test_tf32_rounding_keeps_ten_mantissa_bits() -> None:
