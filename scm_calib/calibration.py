@@ -241,8 +241,11 @@ class SCM(nn.Module):
 
 
 def _autocast_disabled(device_type: str) -> contextlib.AbstractContextManager:
-    """Autocast switched off on ``device_type``; nothing to switch off where it has none (``meta``)."""
-    if torch.amp.is_autocast_available(device_type):
+    """Autocast switched off on ``device_type``; nothing to switch off where it has none (``meta``).
+
+    CUDA and the CPU are named first: torch.compile folds the comparison, where torch 2.11's Dynamo cannot trace
+    ``is_autocast_available`` (a warning and a graph break in every compiled SCM)."""
+    if device_type in ("cuda", "cpu") or torch.amp.is_autocast_available(device_type):
         return torch.autocast(device_type, enabled=False)
     return contextlib.nullcontext()
 
