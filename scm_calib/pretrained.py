@@ -47,7 +47,9 @@ def create_pretrained_encoder(
             f"pretrained weights {path} do not exist; remake them with `python examples/pretrain/pretrain.py` "
             "or pass weights= a file of this architecture."
         )
-    overlay = {"file": str(path.resolve()), "num_classes": PRETRAINED_CLASSES}
+    # custom_load=False: the architecture's registry weights are JAX .npz files, and timm before 1.0.31 kept
+    # that loader for an overlaid file too (it then failed to read the safetensors file as .npz).
+    overlay = {"file": str(path.resolve()), "num_classes": PRETRAINED_CLASSES, "custom_load": False}
     return timm.create_model(
         ENCODER_ARCH,
         pretrained=True,
