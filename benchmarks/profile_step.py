@@ -62,10 +62,15 @@ def own_times_us(step: object, device: torch.device, steps: int, warmup: int) ->
     return Profile({k: v for k, v in times.items() if v > 0}, {k: v for k, v in host.items() if v > 0}, launches)
 
 
+def _short(key: str) -> str:
+    """An op or kernel name cut to 90 characters for a table cell."""
+    return key if len(key) <= 90 else key[:87] + "..."
+
+
 def table(title: str, rows: list[tuple[str, float, float]], total: float, limit: int) -> list[str]:
     lines = [title, "", "| op or kernel | bare us | adapter us | added us | share of added |", "|---|---|---|---|---|"]
     for key, bare, adapter in rows[:limit]:
-        name = key if len(key) <= 90 else key[:87] + "..."
+        name = _short(key)
         share = f"{(adapter - bare) / total:.0%}" if total > 0 else "-"
         lines.append(f"| `{name}` | {bare:.0f} | {adapter:.0f} | {adapter - bare:+.0f} | {share} |")
     return lines + [""]
@@ -91,7 +96,7 @@ def profile_scm_alone(args: argparse.Namespace, device: torch.device, backends: 
         )
         print("| op or kernel | us | share |\n|---|---|---|")
         for key, value in sorted(times.items(), key=lambda item: item[1], reverse=True)[: args.rows]:
-            print(f"| `{key if len(key) <= 90 else key[:87] + '...'}` | {value:.0f} | {value / total:.0%} |")
+            print(f"| `{_short(key)}` | {value:.0f} | {value / total:.0%} |")
 
 
 def main() -> None:
